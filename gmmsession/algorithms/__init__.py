@@ -1,0 +1,1 @@
+"""Refinement and reconstruction loops: plain functions, frozen configs, progress callbacks."""

@@ -1,0 +1,1 @@
+"""Labelled data (xarray schema), the torch bridge, and file I/O."""

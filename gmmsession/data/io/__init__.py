@@ -1,0 +1,1 @@
+"""Readers and writers for RELION, cryoSPARC, MRC and atomic-model files."""

@@ -1,0 +1,1 @@
+"""The Session facade, history, save/open."""

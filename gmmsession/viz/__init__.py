@@ -1,0 +1,1 @@
+"""Notebook views: HTML summaries, plotly figures, widgets (the only layer importing them)."""
