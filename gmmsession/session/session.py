@@ -1,0 +1,284 @@
+"""The Session: a thin, stateful facade over particles, half maps and history.
+
+It translates arguments, calls the algorithms, stores results as xarray and appends a
+:class:`~gmmsession.session.history.StepRecord` for every step. No numerics live here.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+
+from gmmsession.algorithms.postprocess import gold_standard_fsc
+from gmmsession.algorithms.reconstruct import ReconstructConfig, reconstruct_half_maps
+from gmmsession.data.bridge import fsc_dataarray, half_maps_dataarray
+from gmmsession.data.chunks import iter_particle_chunks
+from gmmsession.data.errors import GmmsessionInputError
+from gmmsession.data.io.cryosparc import read_cryosparc
+from gmmsession.data.io.export import export_star as _export_star
+from gmmsession.data.io.mrc import read_map, write_map
+from gmmsession.data.io.relion import read_relion_star
+from gmmsession.data.particles import ParticleSet, check_half_sets, split_random_halves
+from gmmsession.kernels.device import resolve_device
+from gmmsession.session.history import History, StepRecord, Timer, environment_versions
+
+__all__ = ["Session"]
+
+
+def _progress_bar(total: int, desc: str, enabled: bool):
+    """A tqdm.auto bar (notebook widget or terminal) or a no-op; returns (update, close)."""
+    if not enabled:
+        return (lambda n: None), (lambda: None)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit="particle", leave=False)
+    return bar.update, bar.close
+
+
+class Session:
+    """Interactive GMM-refinement session.
+
+    Build one with :meth:`from_star`, :meth:`from_cryosparc` or
+    :func:`gmmsession.open_session`; the constructor stores state and does no work.
+
+    Parameters
+    ----------
+    particle_set : the particles, optics groups and source tables.
+    device : torch device for computation; ``None`` picks CUDA when present.
+    history : earlier steps (when reopening a saved session).
+    half_maps : earlier half maps (dims ``half``, ``z``, ``y``, ``x``).
+    """
+
+    def __init__(
+        self,
+        particle_set: ParticleSet,
+        *,
+        device: torch.device | str | None = None,
+        history: History | None = None,
+        half_maps: xr.DataArray | None = None,
+    ) -> None:
+        self._set = particle_set
+        self._device = None if device is None else torch.device(device)
+        self.history = history if history is not None else History()
+        self._half_maps = half_maps
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_star(
+        cls, path: str | os.PathLike, stacks_root: str | os.PathLike | None = None, *, seed: int = 0, device: Any = None
+    ) -> "Session":
+        """Open a RELION 3.0/3.1/4/5 particle star file (e.g. ``Refine3D/job042/run_data.star``).
+
+        Image names ``N@stack.mrcs`` resolve relative to the star file's folder or ``stacks_root``.
+        Without a half-set column (``rlnRandomSubset``) the particles are split into two halves
+        by a seeded permutation, recorded in the history.
+        """
+        with Timer() as t:
+            pset = read_relion_star(path, stacks_root=stacks_root)
+        return cls._from_set(pset, "from_star", {"path": str(path), "stacks_root": _str(stacks_root), "seed": seed}, t, seed, device)
+
+    @classmethod
+    def from_cryosparc(
+        cls, path: str | os.PathLike, stacks_root: str | os.PathLike | None = None, *, seed: int = 0, device: Any = None
+    ) -> "Session":
+        """Open a cryoSPARC ``.cs`` particle file; ``stacks_root`` is the cryoSPARC project folder."""
+        with Timer() as t:
+            pset = read_cryosparc(path, stacks_root=stacks_root)
+        return cls._from_set(pset, "from_cryosparc", {"path": str(path), "stacks_root": _str(stacks_root), "seed": seed}, t, seed, device)
+
+    @classmethod
+    def _from_set(cls, pset: ParticleSet, name: str, params: dict, t: Timer, seed: int, device: Any) -> "Session":
+        metrics: dict[str, Any] = {}
+        if not _has_half_sets(pset.particles):
+            pset.particles = split_random_halves(pset.particles, seed)
+            metrics["half_split"] = f"random, seed {seed}"
+        check_half_sets(pset.particles, params["path"])
+        s = cls(pset, device=device)
+        counts = np.bincount(pset.particles["half"].values, minlength=3)
+        metrics.update(n_particles=int(pset.particles.sizes["particle"]), n_half1=int(counts[1]), n_half2=int(counts[2]))
+        s._record(name, params, t, metrics)
+        return s
+
+    # ------------------------------------------------------------------ state
+    @property
+    def particles(self) -> xr.Dataset:
+        """Per-particle poses, CTF, half set and image location (dimension ``particle``, input order)."""
+        return self._set.particles
+
+    @property
+    def optics(self) -> xr.Dataset:
+        """Optics groups (dimension ``optics_group``): pixel size, box, voltage, Cs, amplitude contrast."""
+        return self._set.optics
+
+    @property
+    def half_maps(self) -> xr.DataArray | None:
+        """Half maps (dims ``half`` = [1, 2], ``z``, ``y``, ``x``; Å coordinates) or ``None`` before :meth:`reconstruct`."""
+        return self._half_maps
+
+    @property
+    def device(self) -> torch.device:
+        return resolve_device(self._device)
+
+    @property
+    def box_size(self) -> int:
+        """Output box (pixels): that of the first optics group."""
+        return int(self.optics["box_size"].values[0])
+
+    @property
+    def pixel_size_angstrom(self) -> float:
+        """Output pixel size (Å): that of the first optics group."""
+        return float(self.optics["pixel_size_angstrom"].values[0])
+
+    # ------------------------------------------------------------------ steps
+    def reconstruct(
+        self, *, chunk_size: int = 1000, pad_factor: int = 2, device: Any = None, progress: bool = True
+    ) -> StepRecord:
+        """Reconstruct one half map per half set by direct Fourier inversion (CTF-weighted).
+
+        Streams the particles in chunks of ``chunk_size`` (memory does not grow with the
+        particle count). The result is in :attr:`half_maps`; the step record is returned.
+        """
+        dev = resolve_device(device if device is not None else self._device)
+        config = ReconstructConfig(pad_factor=pad_factor, chunk_size=chunk_size, device=str(dev))
+        n = int(self.particles.sizes["particle"])
+        update, close = _progress_bar(n, "reconstruct", progress)
+        with Timer() as t:
+            chunks = (
+                (c.images, c.params, c.halves)
+                for c in iter_particle_chunks(self.particles, self.optics, chunk_size=chunk_size, device=dev)
+            )
+            try:
+                maps = reconstruct_half_maps(chunks, self.box_size, self.pixel_size_angstrom, config, progress=update)
+            finally:
+                close()
+        self._half_maps = half_maps_dataarray(maps[0], maps[1], self.pixel_size_angstrom)
+        fsc = self.fsc()
+        self._record(
+            "reconstruct",
+            {"chunk_size": chunk_size, "pad_factor": pad_factor, "device": str(dev)},
+            t,
+            {"n_particles": n, "resolution_angstrom": float(fsc.attrs["resolution_angstrom"]), "particles_per_s": n / max(t.duration_s, 1e-9)},
+            {"fsc": fsc.values.tolist()},
+        )
+        return self.history.last()
+
+    def fsc(self, mask: str | os.PathLike | np.ndarray | xr.DataArray | None = None, *, seed: int = 0) -> xr.DataArray:
+        """Gold-standard FSC between the half maps.
+
+        Parameters
+        ----------
+        mask : an MRC path or an array on the half-map grid; with a mask, the FSC is
+            corrected by phase randomisation (RELION postprocess).
+        seed : seed for the phase randomisation.
+
+        Returns
+        -------
+        xarray.DataArray over ``shell`` with coordinate ``resolution_angstrom`` and the
+        attribute ``resolution_angstrom`` (0.143 crossing). Masked results also carry the
+        unmasked, masked and phase-randomised curves as coordinates.
+        """
+        if self._half_maps is None:
+            raise RuntimeError("no half maps yet: call session.reconstruct() first")
+        px = self.pixel_size_angstrom
+        h1 = torch.as_tensor(self._half_maps.sel(half=1).values)
+        h2 = torch.as_tensor(self._half_maps.sel(half=2).values)
+        mask_t = None if mask is None else torch.as_tensor(self._load_mask(mask))
+        result = gold_standard_fsc(h1, h2, px, mask=mask_t, seed=seed)
+        return fsc_dataarray(result, box_size=h1.shape[-1], pixel_size_angstrom=px)
+
+    def _load_mask(self, mask: Any) -> np.ndarray:
+        shape = tuple(self._half_maps.shape[1:])
+        if isinstance(mask, (str, os.PathLike)):
+            arr, _ = read_map(mask, pixel_size_angstrom=self.pixel_size_angstrom)
+            origin = f"mask file {mask}"
+        else:
+            arr = np.asarray(mask.values if isinstance(mask, xr.DataArray) else mask, dtype=np.float32)
+            origin = "mask array"
+        if arr.shape != shape:
+            raise GmmsessionInputError(f"{origin} has shape {arr.shape}, the half maps {shape}")
+        if not np.isfinite(arr).all() or arr.min() < -1e-3 or arr.max() > 1 + 1e-3:
+            raise GmmsessionInputError(f"{origin}: mask values must be finite and in [0, 1] (got {arr.min():g}..{arr.max():g})")
+        return arr
+
+    def write_half_maps(self, directory: str | os.PathLike, prefix: str = "half") -> list[Path]:
+        """Write ``{prefix}1.mrc`` and ``{prefix}2.mrc`` (atomic, correct voxel size)."""
+        if self._half_maps is None:
+            raise RuntimeError("no half maps yet: call session.reconstruct() first")
+        d = Path(directory)
+        return [write_map(d / f"{prefix}{h}.mrc", self._half_maps.sel(half=h).values, self.pixel_size_angstrom) for h in (1, 2)]
+
+    def export_star(self, path: str | os.PathLike) -> Path:
+        """Write the input's tables with this session's poses (RELION star; lossless, atomic).
+
+        Refuses to write over any input file of the session.
+        """
+        with Timer() as t:
+            out = _export_star(path, self._set)
+        self._record("export_star", {"path": str(path)}, t, {"n_particles": int(self.particles.sizes["particle"])})
+        return Path(out)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Save the whole session (particles, optics, sources, half maps, history) to one file, atomically."""
+        from gmmsession.session.store import save_session
+
+        with Timer() as t:
+            out = save_session(self, path)
+        self._record("save", {"path": str(path)}, t, {})
+        # Saved before its own record: re-saving keeps the file identical to the session state on open.
+        return out
+
+    # ------------------------------------------------------------------ display
+    def summary(self) -> dict[str, Any]:
+        """Plain facts about the session (used by ``repr`` and the notebook view)."""
+        p, o = self.particles, self.optics
+        counts = np.bincount(p["half"].values, minlength=3)
+        out: dict[str, Any] = {
+            "particles": int(p.sizes["particle"]),
+            "half sets": f"{int(counts[1])} / {int(counts[2])}",
+            "optics groups": int(o.sizes["optics_group"]),
+            "box (px)": self.box_size,
+            "pixel size (Å)": self.pixel_size_angstrom,
+            "source": f"{p.attrs.get('source_format', '?')}: {p.attrs.get('source_path', '?')}",
+            "device": str(self.device),
+            "steps": len(self.history),
+        }
+        rec = self.history.last("reconstruct")
+        if self._half_maps is not None and rec is not None:
+            out["resolution (Å, 0.143)"] = rec.metrics.get("resolution_angstrom")
+        return out
+
+    def __repr__(self) -> str:
+        lines = [f"  {k}: {v}" for k, v in self.summary().items()]
+        return "gmmsession.Session\n" + "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        from gmmsession.session.display import html_for
+
+        return html_for(self)
+
+    # ------------------------------------------------------------------ internals
+    def _record(self, name: str, params: dict, t: Timer, metrics: dict, curves: dict | None = None) -> None:
+        self.history.append(
+            StepRecord(
+                name=name,
+                params=params,
+                started_utc=t.started_utc,
+                duration_s=t.duration_s,
+                versions=environment_versions(),
+                metrics=metrics,
+                curves=curves or {},
+            )
+        )
+
+
+def _has_half_sets(particles: xr.Dataset) -> bool:
+    return "half" in particles and bool(np.isin(particles["half"].values, (1, 2)).all())
+
+
+def _str(x: Any) -> str | None:
+    return None if x is None else str(x)

@@ -1,0 +1,60 @@
+"""HTML views of sessions, steps and history (registered with the session layer on import)."""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+from gmmsession.session.display import register_html_renderer
+from gmmsession.session.history import History, StepRecord
+from gmmsession.session.session import Session
+
+__all__ = ["session_html", "history_html", "step_html", "register"]
+
+_STYLE = "border-collapse:collapse;font-family:monospace;font-size:12px"
+
+
+def _table(rows: list[tuple[str, Any]], title: str) -> str:
+    body = "".join(
+        f"<tr><th style='text-align:left;padding:2px 8px'>{html.escape(str(k))}</th>"
+        f"<td style='text-align:left;padding:2px 8px'>{html.escape(_fmt(v))}</td></tr>"
+        for k, v in rows
+    )
+    return f"<div><b>{html.escape(title)}</b><table style='{_STYLE}'>{body}</table></div>"
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def session_html(session: Session) -> str:
+    """Summary table of a session: particles, optics groups, half sets, box, pixel size, last steps."""
+    out = _table(list(session.summary().items()), "gmmsession.Session")
+    if len(session.history):
+        out += history_html(session.history)
+    return out
+
+
+def step_html(step: StepRecord) -> str:
+    rows = [("duration (s)", step.duration_s), *step.metrics.items(), *(("param " + k, v) for k, v in step.params.items())]
+    return _table(rows, f"Step: {step.name}")
+
+
+def history_html(history: History) -> str:
+    head = "".join(f"<th style='padding:2px 8px'>{h}</th>" for h in ("#", "step", "started (UTC)", "s", "metrics"))
+    rows = "".join(
+        f"<tr><td style='padding:2px 8px'>{i}</td><td style='padding:2px 8px'>{html.escape(r.name)}</td>"
+        f"<td style='padding:2px 8px'>{html.escape(r.started_utc)}</td><td style='padding:2px 8px'>{r.duration_s:.1f}</td>"
+        f"<td style='padding:2px 8px'>{html.escape(', '.join(f'{k}={_fmt(v)}' for k, v in r.metrics.items()))}</td></tr>"
+        for i, r in enumerate(history)
+    )
+    return f"<div><b>History</b><table style='{_STYLE}'><tr>{head}</tr>{rows}</table></div>"
+
+
+def register() -> None:
+    """Register the HTML renderers with the session layer (idempotent)."""
+    register_html_renderer(Session, session_html)
+    register_html_renderer(History, history_html)
+    register_html_renderer(StepRecord, step_html)
