@@ -1,0 +1,317 @@
+"""Analytic Gaussian-mixture kernels: projections, 3D rendering and 3D Fourier transforms.
+
+A Gaussian mixture (or a set of atoms) is the density
+
+    M(r) = sum_j A_j exp(-|r - c_j|^2 / (2 sigma_j^2)),        r, c_j in Å,
+
+with ``A_j`` the **peak** (3D) amplitude of Gaussian ``j`` (the paper's formula) and ``c_j``
+measured in Å from voxel ``box // 2`` (see :mod:`gmmsession.kernels.conventions`).
+
+Normalisation (the same for every kernel here, and the one RELION's projector uses)
+------------------------------------------------------------------------------------
+Values are in *voxel units*: a rendered volume holds ``M`` sampled at the voxel centres, and
+a projection image holds the **sum of voxels along the beam**, i.e. ``(1/p) * integral M dz``
+with ``p`` the pixel size in Å. Consequently
+
+* the projected Gaussian ``j`` is ``A_j sqrt(2 pi) sigma_j / p * exp(-|t - t_j|^2 / (2 sigma_j^2))``
+  (the paper's 2D formula drops the factor ``sqrt(2 pi) sigma_j / p``: there the 2D peak is
+  ``A_j``; here the 3D peak is ``A_j`` and projection conserves mass);
+* the Fourier transforms are those of the centred DFTs of :mod:`gmmsession.kernels.fourier`:
+  Gaussian ``j`` contributes ``m_j exp(-2 pi^2 sigma_j^2 |k|^2) exp(-2 pi i k . c_j)`` with
+  ``m_j = A_j (2 pi sigma_j^2)^(3/2) / p^3`` (its mass in voxel units; ``F(0)`` is the sum of
+  all voxels of the rendered volume and of all pixels of the projection image).
+
+The analytic transforms are sampled on the rfft grid without aliasing: their inverse DFT is
+the band-limited density, which differs from point-sampling ``M`` only where a Gaussian is
+narrower than about a pixel.
+
+All kernels are batched, differentiable with respect to positions, amplitudes and widths, and
+run on any device; the dtype follows ``positions_angstrom`` (complex outputs use the matching
+complex dtype).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from gmmsession.kernels.conventions import real_space_center_index
+
+__all__ = [
+    "project_gaussians_rfft_2d",
+    "render_gaussians_3d",
+    "gaussians_rfft_3d",
+    "gaussian_mass_voxel_units",
+    "fourier_crop_box_size",
+]
+
+
+def fourier_crop_box_size(box_size: int, pixel_size_angstrom: float, max_frequency: float | None) -> int:
+    """Even box of the Fourier-cropped rfft grid that contains all frequencies up to ``max_frequency``.
+
+    Parameters
+    ----------
+    box_size : full image box (pixels).
+    pixel_size_angstrom : pixel size of the full box (Å).
+    max_frequency : highest frequency needed (1/Å), or ``None`` for the full box.
+
+    Returns
+    -------
+    ``min(box_size, 2 * ceil(max_frequency * box_size * pixel_size_angstrom))``, at least 2
+    (rounded up to even). The cropped grid has the same frequency spacing as the full one.
+    """
+    if max_frequency is None:
+        return int(box_size)
+    if max_frequency <= 0:
+        raise ValueError(f"max_frequency must be > 0 (1/Å), got {max_frequency}")
+    half = math.ceil(max_frequency * box_size * pixel_size_angstrom - 1e-9)
+    return int(min(box_size, max(2, 2 * half)))
+
+
+def gaussian_mass_voxel_units(
+    amplitudes: torch.Tensor, sigmas_angstrom: torch.Tensor, pixel_size_angstrom: float
+) -> torch.Tensor:
+    """Mass of peak-amplitude Gaussians in voxel units: ``A (2 pi sigma^2)^(3/2) / p^3``.
+
+    This is the value of each Gaussian's Fourier transform at ``k = 0`` and the sum of its
+    rendered voxels (for ``sigma`` above about a pixel). Shapes broadcast.
+    """
+    return amplitudes * (2 * math.pi * sigmas_angstrom**2) ** 1.5 / pixel_size_angstrom**3
+
+
+def _axis_frequencies(n_out: int, box_size: int, pixel_size_angstrom: float, *, rfft: bool, like: torch.Tensor) -> torch.Tensor:
+    """Frequencies (1/Å) along one axis of an (optionally cropped) centred-DFT grid."""
+    spacing = 1.0 / (box_size * pixel_size_angstrom)
+    if rfft:
+        idx = torch.arange(n_out // 2 + 1, device=like.device, dtype=like.dtype)
+    else:
+        idx = torch.fft.fftfreq(n_out, d=1.0 / n_out, device=like.device, dtype=like.dtype)
+    return idx * spacing
+
+
+def _axis_factor(
+    freqs: torch.Tensor, coords: torch.Tensor, sigmas: torch.Tensor, weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``w_j exp(-2 pi^2 sigma_j^2 k^2) exp(-2 pi i k c_j)`` as ``(..., K, G)`` complex.
+
+    freqs (K,), coords (..., G), sigmas (..., G) or (G,), weights broadcastable to (..., G).
+    """
+    k = freqs[:, None]
+    envelope = torch.exp(-2 * math.pi**2 * sigmas[..., None, :] ** 2 * k**2)
+    if weights is not None:
+        envelope = envelope * weights[..., None, :]
+    phase = -2 * math.pi * k * coords[..., None, :]
+    return torch.polar(envelope.expand(phase.shape), phase)
+
+
+def _check_gaussians(
+    positions: torch.Tensor, amplitudes: torch.Tensor, sigmas: torch.Tensor, batch: int | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Validate (G,3)/(n,G,3) positions with (G,)/(n,G) amplitudes and widths; return them as float."""
+    if positions.ndim not in (2, 3) or positions.shape[-1] != 3:
+        raise ValueError(f"positions_angstrom must have shape (G, 3) or (n, G, 3), got {tuple(positions.shape)}")
+    g = positions.shape[-2]
+    for name, t in (("amplitudes", amplitudes), ("sigmas_angstrom", sigmas)):
+        if t.ndim not in (1, 2) or t.shape[-1] != g:
+            raise ValueError(
+                f"{name} must have shape (G,) or (n, G) with G={g} (positions {tuple(positions.shape)}), got {tuple(t.shape)}"
+            )
+        if t.ndim == 2 and batch is not None and t.shape[0] not in (1, batch):
+            raise ValueError(f"{name} has batch {t.shape[0]}, expected {batch} (shape {tuple(t.shape)})")
+    if positions.ndim == 3 and batch is not None and positions.shape[0] not in (1, batch):
+        raise ValueError(f"positions_angstrom has batch {positions.shape[0]}, expected {batch} ({tuple(positions.shape)})")
+    dtype = positions.dtype if positions.is_floating_point() else torch.get_default_dtype()
+    return (
+        positions.to(dtype),
+        amplitudes.to(device=positions.device, dtype=dtype),
+        sigmas.to(device=positions.device, dtype=dtype),
+    )
+
+
+def project_gaussians_rfft_2d(
+    positions_angstrom: torch.Tensor,
+    amplitudes: torch.Tensor,
+    sigmas_angstrom: torch.Tensor,
+    rotations: torch.Tensor,
+    shift_angstrom: torch.Tensor,
+    box_size: int,
+    pixel_size_angstrom: float,
+    max_frequency: float | None = None,
+) -> torch.Tensor:
+    """Analytic Fourier transform of Gaussian projections on the centred rfft grid.
+
+    Gaussian ``j`` lands in image ``n`` at ``t_nj = (R_n @ c_j)[:2] + shift_n`` (Å from pixel
+    ``box // 2``; ``x`` = column). With RELION metadata use ``R_n`` from
+    :func:`~gmmsession.kernels.conventions.euler_relion_to_matrix` and
+    ``shift_n = image_shift_angstrom_from_origin(origin_n) = -origin_n``. The transform
+    factors per axis, so the sum over Gaussians is one batched complex matrix product
+    ``(n, Ky, G) @ (n, G, Kx)``: no interpolation, no voxel grid, no ``(n, G, Ky, Kx)`` tensor.
+
+    Parameters
+    ----------
+    positions_angstrom : (G, 3) or (n, G, 3) tensor
+        Centres ``(x, y, z)`` in Å from voxel ``box // 2`` (shared or per image).
+    amplitudes : (G,) or (n, G) tensor
+        Peak 3D amplitudes ``A_j``.
+    sigmas_angstrom : (G,) or (n, G) tensor
+        Widths in Å (> 0).
+    rotations : (n, 3, 3) tensor
+        Projection matrices ``A`` (map -> image frame).
+    shift_angstrom : (n, 2) tensor
+        In-plane translation ``(dx, dy)`` in Å applied after rotation.
+    box_size : image box in pixels.
+    pixel_size_angstrom : pixel size in Å.
+    max_frequency : float, optional
+        If given (1/Å), return only the Fourier-cropped grid of box
+        ``b = fourier_crop_box_size(box_size, pixel_size_angstrom, max_frequency)``: the rows
+        and columns of the full grid with ``|index| <= b / 2`` (same frequency spacing), laid
+        out as the centred rfft of a ``b x b`` image.
+
+    Returns
+    -------
+    (n, b, b // 2 + 1) complex tensor, ``b = box_size`` unless cropped. ``irfft_centered_2d``
+    of it is the band-limited projection in voxel units (sum of voxels along ``z``).
+    """
+    if rotations.ndim != 3 or rotations.shape[-2:] != (3, 3):
+        raise ValueError(f"rotations must have shape (n, 3, 3), got {tuple(rotations.shape)}")
+    n = rotations.shape[0]
+    if shift_angstrom.shape != (n, 2):
+        raise ValueError(f"shift_angstrom must have shape ({n}, 2) to match rotations {tuple(rotations.shape)}, got {tuple(shift_angstrom.shape)}")
+    if box_size < 2 or pixel_size_angstrom <= 0:
+        raise ValueError(f"need box_size >= 2 and pixel_size_angstrom > 0, got {box_size}, {pixel_size_angstrom}")
+    pos, amp, sig = _check_gaussians(positions_angstrom, amplitudes, sigmas_angstrom, n)
+    rot = rotations.to(device=pos.device, dtype=pos.dtype)
+    shift = shift_angstrom.to(device=pos.device, dtype=pos.dtype)
+
+    # In-plane coordinates (n, G) of every Gaussian in every image.
+    if pos.ndim == 2:
+        xy = torch.einsum("nij,gj->ngi", rot[:, :2, :], pos)
+    else:
+        xy = torch.einsum("nij,ngj->ngi", rot[:, :2, :], pos.expand(n, -1, -1))
+    xy = xy + shift[:, None, :]
+    mass = gaussian_mass_voxel_units(amp, sig, pixel_size_angstrom)
+
+    b = fourier_crop_box_size(box_size, pixel_size_angstrom, max_frequency)
+    ky = _axis_frequencies(b, box_size, pixel_size_angstrom, rfft=False, like=pos)
+    kx = _axis_frequencies(b, box_size, pixel_size_angstrom, rfft=True, like=pos)
+    left = _axis_factor(ky, xy[..., 1], sig, mass)  # (n, Ky, G)
+    right = _axis_factor(kx, xy[..., 0], sig)  # (n, Kx, G)
+    if left.shape[0] != n:
+        left = left.expand(n, -1, -1)
+    if right.shape[0] != n:
+        right = right.expand(n, -1, -1)
+    return left @ right.transpose(-2, -1)
+
+
+def _render_axis(n_vox: int, pixel_size_angstrom: float, coords: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+    """Real-space 1D Gaussians ``exp(-(u - c_j)^2 / (2 sigma_j^2))`` on voxel centres: (n_vox, G)."""
+    u = (torch.arange(n_vox, device=coords.device, dtype=coords.dtype) - real_space_center_index(n_vox)) * pixel_size_angstrom
+    return torch.exp(-((u[:, None] - coords[None, :]) ** 2) / (2 * sigmas[None, :] ** 2))
+
+
+def render_gaussians_3d(
+    positions_angstrom: torch.Tensor,
+    amplitudes: torch.Tensor,
+    sigmas_angstrom: torch.Tensor,
+    box_size: int,
+    pixel_size_angstrom: float,
+    chunk_size: int = 512,
+) -> torch.Tensor:
+    """Point-sample the Gaussian mixture on a cubic voxel grid (real space).
+
+    Each Gaussian is separable, ``A_j gz_j(z) gy_j(y) gx_j(x)``; the sum over Gaussians is
+    contracted in chunks as ``(z*y, G) @ (G, x)``, never building ``(G, box, box, box)``.
+
+    Parameters
+    ----------
+    positions_angstrom : (..., G, 3) tensor, ``(x, y, z)`` in Å from voxel ``box // 2``.
+    amplitudes, sigmas_angstrom : (..., G) tensors (peak amplitude; width in Å).
+    box_size : voxels per side.
+    pixel_size_angstrom : voxel size in Å.
+    chunk_size : Gaussians per contraction (memory ``box^2 * chunk_size``).
+
+    Returns
+    -------
+    (..., box, box, box) real tensor indexed ``[z, y, x]``; undersampled Gaussians
+    (``sigma`` below about a voxel) alias, see :func:`gaussians_rfft_3d` for the band-limited map.
+    """
+    if positions_angstrom.ndim < 2 or positions_angstrom.shape[-1] != 3:
+        raise ValueError(f"positions_angstrom must have shape (..., G, 3), got {tuple(positions_angstrom.shape)}")
+    lead = positions_angstrom.shape[:-1]
+    if amplitudes.shape != lead or sigmas_angstrom.shape != lead:
+        raise ValueError(
+            f"amplitudes {tuple(amplitudes.shape)} and sigmas_angstrom {tuple(sigmas_angstrom.shape)} must have shape {tuple(lead)}"
+        )
+    dtype = positions_angstrom.dtype if positions_angstrom.is_floating_point() else torch.get_default_dtype()
+    pos = positions_angstrom.to(dtype).reshape(-1, lead[-1], 3)
+    amp = amplitudes.to(pos).reshape(-1, lead[-1])
+    sig = sigmas_angstrom.to(pos).reshape(-1, lead[-1])
+    out = []
+    for p, a, s in zip(pos, amp, sig):
+        vol = torch.zeros(box_size * box_size, box_size, dtype=dtype, device=pos.device)
+        for start in range(0, p.shape[0], chunk_size):
+            sl = slice(start, start + chunk_size)
+            gx = _render_axis(box_size, pixel_size_angstrom, p[sl, 0], s[sl])
+            gy = _render_axis(box_size, pixel_size_angstrom, p[sl, 1], s[sl])
+            gz = _render_axis(box_size, pixel_size_angstrom, p[sl, 2], s[sl]) * a[sl]
+            zy = (gz[:, None, :] * gy[None, :, :]).reshape(box_size * box_size, -1)
+            vol = vol + zy @ gx.T
+        out.append(vol.reshape(box_size, box_size, box_size))
+    return torch.stack(out).reshape(*lead[:-1], box_size, box_size, box_size)
+
+
+def gaussians_rfft_3d(
+    positions_angstrom: torch.Tensor,
+    amplitudes: torch.Tensor,
+    sigmas_angstrom: torch.Tensor,
+    box_size: int,
+    pixel_size_angstrom: float,
+    chunk_size: int = 512,
+) -> torch.Tensor:
+    """Analytic 3D Fourier transform of the mixture on the centred rfft grid.
+
+    ``F(k) = sum_j m_j exp(-2 pi^2 sigma_j^2 |k|^2) exp(-2 pi i k . c_j)`` with the voxel-unit
+    mass ``m_j`` (module docstring), i.e. the counterpart of
+    :func:`~gmmsession.kernels.fourier.rfft_centered_3d` of the rendered volume.
+    ``irfft_centered_3d(F, box_size)`` is the band-limited (alias-free) density map.
+
+    Parameters
+    ----------
+    positions_angstrom : (..., G, 3) tensor, ``(x, y, z)`` in Å from voxel ``box // 2``.
+    amplitudes, sigmas_angstrom : (..., G) tensors.
+    box_size, pixel_size_angstrom : grid size and voxel size (Å).
+    chunk_size : Gaussians per contraction.
+
+    Returns
+    -------
+    (..., box, box, box // 2 + 1) complex tensor, indexed ``[kz, ky, kx]``.
+    """
+    if positions_angstrom.ndim < 2 or positions_angstrom.shape[-1] != 3:
+        raise ValueError(f"positions_angstrom must have shape (..., G, 3), got {tuple(positions_angstrom.shape)}")
+    lead = positions_angstrom.shape[:-1]
+    if amplitudes.shape != lead or sigmas_angstrom.shape != lead:
+        raise ValueError(
+            f"amplitudes {tuple(amplitudes.shape)} and sigmas_angstrom {tuple(sigmas_angstrom.shape)} must have shape {tuple(lead)}"
+        )
+    dtype = positions_angstrom.dtype if positions_angstrom.is_floating_point() else torch.get_default_dtype()
+    pos = positions_angstrom.to(dtype).reshape(-1, lead[-1], 3)
+    amp = amplitudes.to(pos).reshape(-1, lead[-1])
+    sig = sigmas_angstrom.to(pos).reshape(-1, lead[-1])
+    kfull = _axis_frequencies(box_size, box_size, pixel_size_angstrom, rfft=False, like=pos)
+    khalf = _axis_frequencies(box_size, box_size, pixel_size_angstrom, rfft=True, like=pos)
+    nh = khalf.shape[0]
+    out = []
+    for p, a, s in zip(pos, amp, sig):
+        mass = gaussian_mass_voxel_units(a, s, pixel_size_angstrom)
+        acc = None
+        for start in range(0, p.shape[0], chunk_size):
+            sl = slice(start, start + chunk_size)
+            fz = _axis_factor(kfull, p[sl, 2], s[sl], mass[sl])  # (Kz, g)
+            fy = _axis_factor(kfull, p[sl, 1], s[sl])  # (Ky, g)
+            fx = _axis_factor(khalf, p[sl, 0], s[sl])  # (Kx, g)
+            zy = (fz[:, None, :] * fy[None, :, :]).reshape(box_size * box_size, -1)
+            term = zy @ fx.T
+            acc = term if acc is None else acc + term
+        out.append(acc.reshape(box_size, box_size, nh))
+    return torch.stack(out).reshape(*lead[:-1], box_size, box_size, nh)
