@@ -1,0 +1,160 @@
+"""Real-space masks for maps: soft spheres and thresholded, extended, soft-edged masks.
+
+Both follow RELION 3.1 (``src/mask.cpp``):
+
+* :func:`soft_sphere_mask_3d` is the mask implied by ``softMaskOutsideMap``: 1 inside
+  ``radius``, a raised cosine ``0.5 + 0.5 cos(pi (r - radius) / width)`` out to
+  ``radius + width``, 0 beyond. ``r`` is measured from voxel ``box // 2`` (the conventions'
+  origin).
+* :func:`threshold_mask_3d` is ``relion_mask_create --ini_threshold t --extend_inimask e
+  --width_soft_edge w`` (``autoMask``): binarise at ``volume >= t``; set every voxel within a
+  distance ``< e`` of a 1-voxel to 1 (``e < 0`` shrinks instead); then every remaining 0-voxel at
+  distance ``d < w`` from the extended mask gets ``0.5 + 0.5 cos(pi d / w)``. Distances are
+  Euclidean in voxels, searched within a cube of half-width ``ceil(e)`` / ``ceil(w)`` as RELION
+  does, and computed exactly with a separable min-plus transform (no scipy, no dense kernels).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from gmmsession.kernels.conventions import real_space_center_index
+
+__all__ = ["soft_sphere_mask_3d", "threshold_mask_3d", "squared_distance_to_mask_3d"]
+
+
+def soft_sphere_mask_3d(
+    box_size: int,
+    radius_px: float,
+    edge_width_px: float,
+    center_px: torch.Tensor | tuple[float, float, float] | None = None,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Spherical mask with a raised-cosine edge (RELION ``softMaskOutsideMap``).
+
+    Parameters
+    ----------
+    box_size : int
+        Box edge (voxels).
+    radius_px : float
+        Radius (voxels) inside which the mask is 1.
+    edge_width_px : float
+        Width (voxels) of the cosine fall-off to 0; 0 gives a hard sphere (``r <= radius``).
+    center_px : (..., 3) tensor or (x, y, z) tuple, optional
+        Sphere centre(s) in voxels, ``(x, y, z)`` **relative to voxel box // 2** (default: the
+        box centre). Leading dimensions batch the output.
+
+    Returns
+    -------
+    (..., box, box, box) tensor in [0, 1], indexed ``[z, y, x]``.
+    """
+    if box_size < 1 or radius_px < 0 or edge_width_px < 0:
+        raise ValueError(
+            f"need box_size >= 1, radius_px >= 0, edge_width_px >= 0; got {box_size}, {radius_px}, {edge_width_px}"
+        )
+    if center_px is None:
+        center = torch.zeros(3, device=device, dtype=dtype)
+    else:
+        center = torch.as_tensor(center_px, dtype=dtype, device=device)
+        if center.shape[-1:] != (3,):
+            raise ValueError(f"center_px must have shape (..., 3) of (x, y, z), got {tuple(center.shape)}")
+    coords = torch.arange(box_size, device=center.device, dtype=dtype) - real_space_center_index(box_size)
+    cx = center[..., 0, None, None, None]
+    cy = center[..., 1, None, None, None]
+    cz = center[..., 2, None, None, None]
+    r = torch.sqrt(
+        (coords[:, None, None] - cz) ** 2 + (coords[None, :, None] - cy) ** 2 + (coords[None, None, :] - cx) ** 2
+    )
+    if edge_width_px == 0:
+        return (r <= radius_px).to(dtype)
+    t = ((r - radius_px) / edge_width_px).clamp(0.0, 1.0)
+    return 0.5 + 0.5 * torch.cos(math.pi * t)
+
+
+def _min_plus_axis(d2: torch.Tensor, dim: int, reach: int) -> torch.Tensor:
+    """``out[i] = min_{|s| <= reach} d2[i + s] + s^2`` along ``dim`` (out of range = inf)."""
+    out = d2.clone()
+    n = d2.shape[dim]
+    for s in range(1, min(reach, n - 1) + 1):
+        lo = d2.narrow(dim, s, n - s) + s * s  # value from i + s, placed at i
+        hi = d2.narrow(dim, 0, n - s) + s * s  # value from i - s, placed at i
+        a = out.narrow(dim, 0, n - s)
+        a.copy_(torch.minimum(a, lo))
+        b = out.narrow(dim, s, n - s)
+        b.copy_(torch.minimum(b, hi))
+    return out
+
+
+def squared_distance_to_mask_3d(binary: torch.Tensor, reach_px: int) -> torch.Tensor:
+    """Squared Euclidean distance (voxels^2) from every voxel to the nearest ``True`` voxel.
+
+    Only ``True`` voxels within the cube ``|dz|, |dy|, |dx| <= reach_px`` are considered (RELION's
+    search window); voxels with none get ``inf``. Exact, separable (three 1D min-plus passes).
+
+    Parameters
+    ----------
+    binary : (..., z, y, x) bool tensor
+    reach_px : int  (>= 0)
+
+    Returns
+    -------
+    (..., z, y, x) float tensor (float64 on CPU, float32 elsewhere; integer-valued, exact).
+    """
+    if binary.ndim < 3:
+        raise ValueError(f"binary must have shape (..., z, y, x), got {tuple(binary.shape)}")
+    if reach_px < 0:
+        raise ValueError(f"reach_px must be >= 0, got {reach_px}")
+    dtype = torch.float64 if binary.device.type == "cpu" else torch.float32
+    d2 = torch.where(
+        binary.bool(), torch.zeros((), dtype=dtype, device=binary.device), torch.full((), math.inf, dtype=dtype, device=binary.device)
+    )
+    for dim in (-1, -2, -3):
+        d2 = _min_plus_axis(d2, binary.ndim + dim, reach_px)
+    return d2
+
+
+def threshold_mask_3d(
+    volume: torch.Tensor, threshold: float, extend_px: float = 0.0, soft_edge_px: float = 0.0
+) -> torch.Tensor:
+    """Binarise, extend and soft-edge a map like ``relion_mask_create`` (RELION ``autoMask``).
+
+    Parameters
+    ----------
+    volume : (..., box, box, box) real tensor
+        Map(s) to threshold (e.g. a low-pass filtered average of the half maps).
+    threshold : float
+        Voxels with ``volume >= threshold`` seed the mask (``--ini_threshold``).
+    extend_px : float
+        Grow the seed by this distance in voxels (``--extend_inimask``): voxels at distance
+        ``< extend_px`` from a seed voxel become 1. Negative values shrink: 1-voxels within
+        ``< |extend_px|`` of a 0-voxel become 0.
+    soft_edge_px : float
+        Width in voxels of the raised-cosine edge (``--width_soft_edge``); 0 for a binary mask.
+
+    Returns
+    -------
+    (..., box, box, box) tensor in [0, 1], the volume's dtype.
+    """
+    if volume.ndim < 3:
+        raise ValueError(f"volume must have shape (..., z, y, x), got {tuple(volume.shape)}")
+    if soft_edge_px < 0:
+        raise ValueError(f"soft_edge_px must be >= 0, got {soft_edge_px}")
+    mask = volume >= threshold
+    if extend_px > 0:
+        d2 = squared_distance_to_mask_3d(mask, math.ceil(extend_px))
+        mask = d2 < extend_px**2
+    elif extend_px < 0:
+        d2 = squared_distance_to_mask_3d(~mask, math.ceil(-extend_px))
+        mask = mask & ~(d2 < extend_px**2)
+    out = mask.to(volume.dtype if volume.is_floating_point() else torch.float32)
+    if soft_edge_px > 0:
+        d2 = squared_distance_to_mask_3d(mask, math.ceil(soft_edge_px))
+        edge = (~mask) & (d2 < soft_edge_px**2)
+        d = torch.sqrt(torch.where(edge, d2, torch.zeros_like(d2)))
+        soft = (0.5 + 0.5 * torch.cos(math.pi * d / soft_edge_px)).to(out.dtype)
+        out = torch.where(edge, soft, out)
+    return out
