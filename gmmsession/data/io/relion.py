@@ -1,0 +1,412 @@
+"""RELION particle star files (1.x to 5.0) -> :class:`~gmmsession.data.particles.ParticleSet`.
+
+All parsing goes through the ``starfile`` package; this module only interprets the columns.
+
+Decisions
+---------
+* **Format.** A block holding ``rlnImageName`` is the particles block; a block with
+  ``rlnOpticsGroup`` and no ``rlnImageName`` is the optics block (block order and names do
+  not matter; ``data_images`` and the unnamed ``data_`` of old files work). With an optics
+  block the file is ``"relion-3.1"`` (also RELION 4/5; ``attrs["star_version"]`` keeps the
+  ``# version`` number when present), otherwise ``"relion-3.0"``.
+* **Pixel size.** 3.1: ``rlnImagePixelSize`` of the optics group (else ``rlnPixelSize``, else
+  ``rlnDetectorPixelSize`` [µm] / ``rlnMagnification`` * 1e4). 3.0: the same columns per
+  particle. None of them -> :class:`GmmsessionInputError`.
+* **Optics of 3.0 files.** One optics group per distinct (pixel size, voltage, Cs, amplitude
+  contrast), numbered 1.. in order of first appearance. The box size comes from the stack
+  header of the group's first particle (0 when the stack is not there: metadata-only).
+* **Defaults** follow RELION's ``CTF::read``: ``rlnDefocusV`` = ``rlnDefocusU``,
+  ``rlnDefocusAngle`` = 0, ``rlnAmplitudeContrast`` = 0, ``rlnPhaseShift`` = 0,
+  ``rlnCtfBfactor`` = 0, ``rlnCtfScalefactor`` = 1, origins 0. ``rlnImageName``,
+  ``rlnDefocusU``, ``rlnVoltage`` and ``rlnSphericalAberration`` are required.
+* **Poses.** Absent angle columns are NaN. 2D classification files (rot = tilt = 0 in every
+  row) keep those zeros, as RELION itself would use them, and get
+  ``attrs["pose_source"] = "2d"``; files with real 3D angles get ``"3d"``.
+* **Half sets.** ``rlnRandomSubset`` 1/2 -> ``half``; other values are an error naming the
+  column. Without the column, :func:`~gmmsession.data.particles.split_random_halves` with
+  ``split_seed`` assigns them (``attrs["half_source"]`` says so). An empty half set does
+  not stop reading (:func:`~gmmsession.data.particles.check_half_sets` is for callers that
+  need both halves).
+* **Image names.** ``N@path``: N is 1-based, ``stack_index`` = N - 1; a name without ``@``
+  is image 0 of a single-image file. A relative path is looked up under ``stacks_root``
+  (RELION project directory) first when given, then the star file's folder; if neither
+  exists the first candidate is kept (images are checked only when read). Repeated image
+  names only break identity when the rows are also the same particle: a particle's
+  identity (coordinate ``particle_key``, what export matches on) is its image name, and for
+  a repeated name also its ``rlnMicrographName`` and ``rlnCoordinateX/Y``
+  (:func:`particle_keys`). The real ``relion5.star`` re-uses ``1@toy_images_a.mrcs`` for
+  particles of two micrographs: it loads. Rows that agree on all of these (or repeat a
+  name with none of these columns) are an error naming the duplicate. In the real
+  ``relion31.star`` the "duplicate" particles 1 and 2 have different names (``000001@``
+  and ``000002@``; same micrograph coordinates, similar but not identical pixels) and load.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import starfile
+
+from gmmsession.data.errors import GmmsessionInputError
+from gmmsession.data.io.stack import resolve_stack_path, stack_shape
+from gmmsession.data.particles import (
+    ParticleSet,
+    SourceTables,
+    check_optics_groups,
+    check_unique_keys,
+    make_optics_dataset,
+    make_particles_dataset,
+    split_random_halves,
+)
+
+__all__ = ["read_relion_star", "read_star_blocks", "parse_image_names", "particle_keys"]
+
+_VERSION_RE = re.compile(r"^#\s*version\s+(\d+)", re.MULTILINE)
+
+
+def read_star_blocks(path: str | os.PathLike) -> dict[str, pd.DataFrame | dict]:
+    """Every data block of a star file (name -> table), in file order, via ``starfile``.
+
+    Raises
+    ------
+    GmmsessionInputError
+        If the file does not exist or ``starfile`` cannot parse it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise GmmsessionInputError(f"star file not found: {path}")
+    try:
+        blocks = starfile.read(path, always_dict=True)
+    except Exception as exc:  # starfile raises assorted errors on malformed files
+        raise GmmsessionInputError(f"{path}: not a readable star file ({type(exc).__name__}: {exc})") from exc
+    if not blocks:
+        raise GmmsessionInputError(f"{path}: no data blocks found")
+    return dict(blocks)
+
+
+def parse_image_names(names: np.ndarray, path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Split RELION ``N@stack`` image names into (stack strings, 0-based indices).
+
+    Parameters
+    ----------
+    names : (n,) array of str
+    path : the star file (for error messages)
+
+    Returns
+    -------
+    stacks : (n,) object array of str (as written in the file)
+    index : (n,) int64 array, ``N - 1`` (0 for names without ``@``)
+    """
+    s = pd.Series(np.asarray(names, dtype=object)).astype(str)
+    has_at = s.str.contains("@", regex=False)
+    parts = s.str.split("@", n=1, expand=True)
+    if parts.shape[1] == 1:
+        parts[1] = None
+    stacks = np.where(has_at, parts[1], s).astype(object)
+    number = pd.to_numeric(parts[0].where(has_at, "1"), errors="coerce")
+    bad = number.isna() | (number < 1) | (number != np.floor(number))
+    if bad.any():
+        first = s[bad].iloc[0]
+        raise GmmsessionInputError(
+            f"{path}: image name {first!r} is not of the form N@stack with N a 1-based image number (column rlnImageName)"
+        )
+    empty = pd.Series(stacks).astype(str).str.len() == 0
+    if empty.any():
+        raise GmmsessionInputError(f"{path}: image name {s[empty.to_numpy()].iloc[0]!r} has no stack path (column rlnImageName)")
+    return stacks, number.to_numpy().astype(np.int64) - 1
+
+
+_KEY_COLUMNS = ("rlnMicrographName", "rlnCoordinateX", "rlnCoordinateY")
+
+
+def particle_keys(df: pd.DataFrame) -> tuple[np.ndarray, str]:
+    """Identity key of each row of a RELION particle table.
+
+    The key is the image name. Where an image name repeats (real files do this, e.g.
+    ``relion5.star`` re-uses ``1@toy_images_a.mrcs`` for particles of two micrographs), the
+    repeated rows' keys also carry ``rlnMicrographName`` and ``rlnCoordinateX/Y``.
+
+    Returns
+    -------
+    keys : (n,) object array of str
+    what : description of the key for error messages
+    """
+    names = df["rlnImageName"].astype(str).to_numpy(dtype=object)
+    repeated = pd.Series(names).duplicated(keep=False).to_numpy()
+    if not repeated.any():
+        return names, "image name"
+    present = [c for c in _KEY_COLUMNS if c in df.columns]
+    keys = names.copy()
+    if present:
+        extra = df[present].astype(str).agg("|".join, axis=1).to_numpy(dtype=object)
+        keys[repeated] = names[repeated] + "|" + extra[repeated]
+    what = "image name" + (f" and {', '.join(present)}" if present else " (no rlnMicrographName/rlnCoordinateX/Y to tell them apart)")
+    return keys, what
+
+
+def _find_blocks(blocks: dict, path: Path) -> tuple[str, str | None]:
+    tables = {k: v for k, v in blocks.items() if isinstance(v, pd.DataFrame)}
+    particle_blocks = [k for k, v in tables.items() if "rlnImageName" in v.columns]
+    if not particle_blocks:
+        cols = {k: list(v.columns)[:6] for k, v in tables.items()}
+        raise GmmsessionInputError(f"{path}: no particle table: no block has the column rlnImageName (blocks: {cols})")
+    pb = "particles" if "particles" in particle_blocks else particle_blocks[0]
+    optics_blocks = [
+        k for k, v in tables.items() if k != pb and "rlnOpticsGroup" in v.columns and "rlnImageName" not in v.columns
+    ]
+    ob = None
+    if optics_blocks:
+        ob = "optics" if "optics" in optics_blocks else optics_blocks[0]
+    return pb, ob
+
+
+def _require(df: pd.DataFrame, column: str, path: Path, block: str) -> np.ndarray:
+    if column not in df.columns:
+        raise GmmsessionInputError(f"{path}: required column {column} is missing from block data_{block}")
+    values = pd.to_numeric(df[column], errors="coerce").to_numpy(dtype=np.float64)
+    if np.isnan(values).any():
+        row = int(np.flatnonzero(np.isnan(values))[0])
+        raise GmmsessionInputError(f"{path}: column {column} of block data_{block} has a missing or non-numeric value in row {row + 1}")
+    return values
+
+
+def _optional(df: pd.DataFrame, column: str, default: float | np.ndarray) -> np.ndarray:
+    if column in df.columns:
+        return pd.to_numeric(df[column], errors="coerce").to_numpy(dtype=np.float64)
+    return np.broadcast_to(np.asarray(default, dtype=np.float64), (len(df),)).copy()
+
+
+def _pixel_size(df: pd.DataFrame) -> np.ndarray | None:
+    """Pixel size (Å) per row from the columns RELION has used over the versions, or None."""
+    for col in ("rlnImagePixelSize", "rlnPixelSize"):
+        if col in df.columns:
+            return pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=np.float64)
+    if "rlnDetectorPixelSize" in df.columns and "rlnMagnification" in df.columns:
+        det_um = pd.to_numeric(df["rlnDetectorPixelSize"], errors="coerce").to_numpy(dtype=np.float64)
+        mag = pd.to_numeric(df["rlnMagnification"], errors="coerce").to_numpy(dtype=np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return det_um / mag * 1e4
+    return None
+
+
+def _box_from_stack(stack_path: str) -> int:
+    shape = stack_shape(stack_path)
+    return 0 if shape is None else int(shape[-1])
+
+
+def read_relion_star(
+    path: str | os.PathLike, stacks_root: str | os.PathLike | None = None, *, split_seed: int = 0
+) -> ParticleSet:
+    """Read a RELION particle star file (1.x, 3.0, 3.1, 4, 5).
+
+    Parameters
+    ----------
+    path : star file.
+    stacks_root : folder, optional
+        Where relative stack paths in ``rlnImageName`` start (the RELION project
+        directory); tried before the star file's own folder.
+    split_seed : int
+        Seed for the random half-set split used when the file has no ``rlnRandomSubset``.
+
+    Returns
+    -------
+    ParticleSet
+        ``particles`` in file order (dims ``particle``), ``optics`` (dims ``optics_group``),
+        ``source`` with every block of the file. See the module docstring for the decisions.
+
+    Raises
+    ------
+    GmmsessionInputError
+        Naming the file and the column/particle/group at fault: missing required column,
+        no pixel size, undefined optics group, bad ``rlnRandomSubset`` values, duplicate or
+        malformed image names.
+    """
+    path = Path(os.path.abspath(path))
+    blocks = read_star_blocks(path)
+    pb, ob = _find_blocks(blocks, path)
+    df: pd.DataFrame = blocks[pb]
+    n = len(df)
+    if n == 0:
+        raise GmmsessionInputError(f"{path}: the particle table data_{pb} has no rows")
+
+    image_name = df["rlnImageName"].astype(str).to_numpy(dtype=object)
+    keys, what = particle_keys(df)
+    check_unique_keys(keys, image_name, path, what)
+    stacks, stack_index = parse_image_names(image_name, path)
+    search = ([Path(stacks_root)] if stacks_root is not None else []) + [path.parent]
+    resolved = {s: str(resolve_stack_path(s, search)) for s in pd.unique(stacks)}
+    stack_path = np.array([resolved[s] for s in stacks], dtype=object)
+
+    defocus_u = _require(df, "rlnDefocusU", path, pb)
+    defocus_v = _optional(df, "rlnDefocusV", defocus_u)
+    defocus_angle = _optional(df, "rlnDefocusAngle", 0.0)
+    phase_shift = _optional(df, "rlnPhaseShift", 0.0)
+    bfactor = _optional(df, "rlnCtfBfactor", 0.0)
+    scale = _optional(df, "rlnCtfScalefactor", 1.0)
+
+    version_match = _VERSION_RE.search(path.read_text(errors="replace")[:4096])
+    attrs: dict = {"source_path": str(path)}
+    if version_match:
+        attrs["star_version"] = int(version_match.group(1))
+
+    if ob is not None:
+        fmt = "relion-3.1"
+        opt: pd.DataFrame = blocks[ob]
+        groups_defined = pd.to_numeric(opt["rlnOpticsGroup"], errors="coerce")
+        if groups_defined.isna().any():
+            raise GmmsessionInputError(f"{path}: column rlnOpticsGroup of block data_{ob} has non-integer values")
+        groups_defined = groups_defined.to_numpy().astype(np.int64)
+        if len(np.unique(groups_defined)) != len(groups_defined):
+            raise GmmsessionInputError(f"{path}: an optics group is defined twice in block data_{ob} (column rlnOpticsGroup)")
+        px = _pixel_size(opt)
+        if px is None:
+            px = _pixel_size(df)
+            if px is None:
+                raise GmmsessionInputError(
+                    f"{path}: no pixel size anywhere (no rlnImagePixelSize in data_{ob}, no rlnPixelSize or "
+                    "rlnDetectorPixelSize + rlnMagnification)"
+                )
+            raise GmmsessionInputError(
+                f"{path}: the optics block data_{ob} has no rlnImagePixelSize; per-particle pixel sizes in a "
+                "RELION 3.1 file are not supported"
+            )
+        if "rlnOpticsGroup" in df.columns:
+            optics_group = pd.to_numeric(df["rlnOpticsGroup"], errors="coerce")
+            if optics_group.isna().any():
+                raise GmmsessionInputError(f"{path}: column rlnOpticsGroup of block data_{pb} has non-integer values")
+            optics_group = optics_group.to_numpy().astype(np.int64)
+        elif len(opt) == 1:
+            optics_group = np.full(n, groups_defined[0], dtype=np.int64)
+        else:
+            raise GmmsessionInputError(
+                f"{path}: required column rlnOpticsGroup is missing from block data_{pb} ({len(opt)} optics groups)"
+            )
+        if "rlnImageSize" in opt.columns:
+            box = pd.to_numeric(opt["rlnImageSize"], errors="coerce").fillna(0).to_numpy().astype(np.int64)
+        else:
+            box = np.array(
+                [_box_from_stack(stack_path[optics_group == g][0]) if (optics_group == g).any() else 0 for g in groups_defined],
+                dtype=np.int64,
+            )
+        optics_table = pd.DataFrame(
+            {
+                "optics_group": groups_defined,
+                "optics_group_name": opt["rlnOpticsGroupName"].astype(str).to_numpy()
+                if "rlnOpticsGroupName" in opt.columns
+                else [f"opticsGroup{g}" for g in groups_defined],
+                "pixel_size_angstrom": px,
+                "box_size": box,
+                "voltage_kv": _require(opt, "rlnVoltage", path, ob),
+                "cs_mm": _require(opt, "rlnSphericalAberration", path, ob),
+                "amplitude_contrast": _optional(opt, "rlnAmplitudeContrast", 0.0),
+            }
+        )
+        bad_px = ~(optics_table["pixel_size_angstrom"] > 0)
+        if bad_px.any():
+            g = int(optics_table["optics_group"][bad_px].iloc[0])
+            raise GmmsessionInputError(f"{path}: optics group {g} has no valid pixel size (rlnImagePixelSize)")
+        pos = np.searchsorted(np.sort(groups_defined), optics_group)
+        px_particle = np.full(n, np.nan)
+        okay = np.isin(optics_group, groups_defined)
+        sorted_px = optics_table.sort_values("optics_group")["pixel_size_angstrom"].to_numpy()
+        px_particle[okay] = sorted_px[np.clip(pos[okay], 0, len(sorted_px) - 1)]
+    else:
+        fmt = "relion-3.0"
+        px_particle = _pixel_size(df)
+        if px_particle is None:
+            raise GmmsessionInputError(
+                f"{path}: no pixel size anywhere (no optics block, and no rlnImagePixelSize, rlnPixelSize or "
+                "rlnDetectorPixelSize + rlnMagnification column)"
+            )
+        bad = ~(px_particle > 0) | ~np.isfinite(px_particle)
+        if bad.any():
+            raise GmmsessionInputError(f"{path}: particle {image_name[bad][0]} has no valid pixel size")
+        voltage = _require(df, "rlnVoltage", path, pb)
+        cs = _require(df, "rlnSphericalAberration", path, pb)
+        q0 = _optional(df, "rlnAmplitudeContrast", 0.0)
+        combos = pd.DataFrame({"px": px_particle, "kv": voltage, "cs": cs, "q0": q0})
+        keys = list(zip(combos.px, combos.kv, combos.cs, combos.q0))
+        numbering: dict = {}
+        for k in keys:
+            numbering.setdefault(k, len(numbering) + 1)
+        optics_group = np.array([numbering[k] for k in keys], dtype=np.int64)
+        rows = []
+        for k, g in numbering.items():
+            first_stack = stack_path[optics_group == g][0]
+            rows.append(
+                {
+                    "optics_group": g,
+                    "optics_group_name": f"opticsGroup{g}",
+                    "pixel_size_angstrom": k[0],
+                    "box_size": _box_from_stack(first_stack),
+                    "voltage_kv": k[1],
+                    "cs_mm": k[2],
+                    "amplitude_contrast": k[3],
+                }
+            )
+        optics_table = pd.DataFrame(rows)
+
+    origin = {}
+    for axis in ("X", "Y"):
+        if f"rlnOrigin{axis}Angst" in df.columns:
+            origin[axis] = _optional(df, f"rlnOrigin{axis}Angst", 0.0)
+        elif f"rlnOrigin{axis}" in df.columns:
+            origin[axis] = _optional(df, f"rlnOrigin{axis}", 0.0) * px_particle
+        else:
+            origin[axis] = np.zeros(n)
+
+    angles = {c: _optional(df, c, np.nan) for c in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")}
+    if {"rlnAngleRot", "rlnAngleTilt"} <= set(df.columns):
+        flat = np.all(angles["rlnAngleRot"] == 0) and np.all(angles["rlnAngleTilt"] == 0)
+        attrs["pose_source"] = "2d" if flat else "3d"
+    else:
+        attrs["pose_source"] = "2d" if "rlnAnglePsi" in df.columns else "none"
+
+    if "rlnRandomSubset" in df.columns:
+        subset = pd.to_numeric(df["rlnRandomSubset"], errors="coerce").to_numpy()
+        bad = ~np.isin(subset, (1, 2))
+        if bad.any():
+            raise GmmsessionInputError(
+                f"{path}: column rlnRandomSubset must be 1 or 2; particle {image_name[bad][0]} has {df['rlnRandomSubset'].to_numpy()[bad][0]!r}"
+            )
+        half = subset.astype(np.int64)
+        attrs["half_source"] = "file"
+    else:
+        half = np.zeros(n, dtype=np.int64)
+
+    attrs["source_format"] = fmt
+    columns = {
+        "rot_deg": angles["rlnAngleRot"],
+        "tilt_deg": angles["rlnAngleTilt"],
+        "psi_deg": angles["rlnAnglePsi"],
+        "origin_x_angstrom": origin["X"],
+        "origin_y_angstrom": origin["Y"],
+        "defocus_u_angstrom": defocus_u,
+        "defocus_v_angstrom": defocus_v,
+        "defocus_angle_deg": defocus_angle,
+        "phase_shift_deg": phase_shift,
+        "ctf_bfactor_angstrom2": bfactor,
+        "ctf_scale": scale,
+        "optics_group": optics_group,
+        "half": half,
+        "stack_path": stack_path,
+        "stack_index": stack_index,
+    }
+    particles = make_particles_dataset(columns, image_name, attrs, particle_key=keys)
+    if "rlnRandomSubset" not in df.columns:
+        particles = split_random_halves(particles, split_seed)
+    optics = make_optics_dataset(optics_table)
+    check_optics_groups(particles, optics, path)
+    source = SourceTables(
+        path=path,
+        format=fmt,
+        blocks=blocks,
+        particles_block=pb,
+        optics_block=ob,
+        stacks_root=Path(os.path.abspath(stacks_root)) if stacks_root is not None else None,
+    )
+    return ParticleSet(particles=particles, optics=optics, source=source)
