@@ -1,0 +1,78 @@
+import itertools
+import math
+
+import pytest
+import torch
+
+from gmmsession.kernels.masks import soft_sphere_mask_3d, squared_distance_to_mask_3d, threshold_mask_3d
+
+
+def test_soft_sphere_values_and_monotonic_edge(device):
+    box, radius, width = 32, 8.0, 4.0
+    mask = soft_sphere_mask_3d(box, radius, width, device=device)
+    assert mask.shape == (box, box, box) and mask.device.type == device.type
+    assert float(mask.min()) >= 0.0 and float(mask.max()) <= 1.0
+    c = box // 2
+    line = mask[c, c, c:].cpu()  # along +x from the centre voxel: r = 0, 1, 2, ...
+    assert torch.all(line[:9] == 1.0)  # r <= radius
+    assert torch.all(line[12:] == 0.0)  # r >= radius + width
+    assert torch.all(line[1:] <= line[:-1])  # monotonic fall-off
+    assert float(line[10]) == pytest.approx(0.5, abs=1e-6)  # halfway through the edge
+    assert float(mask[0, 0, 0]) == 0.0
+
+
+def test_soft_sphere_offset_centres_batch():
+    centres = torch.tensor([[0.0, 0.0, 0.0], [3.0, -2.0, 1.0]])
+    mask = soft_sphere_mask_3d(16, 3.0, 2.0, centres)
+    assert mask.shape == (2, 16, 16, 16)
+    # Centre (x, y, z) relative to box // 2 = 8 -> voxel [z, y, x] = [9, 6, 11].
+    assert float(mask[1, 9, 6, 11]) == 1.0 and float(mask[1, 8, 8, 8]) < 1.0
+    torch.testing.assert_close(mask[0], soft_sphere_mask_3d(16, 3.0, 2.0))
+    hard = soft_sphere_mask_3d(16, 3.0, 0.0)
+    assert set(hard.unique().tolist()) == {0.0, 1.0}
+    with pytest.raises(ValueError, match=r"\(\.\.\., 3\)"):
+        soft_sphere_mask_3d(16, 3.0, 2.0, torch.zeros(2))
+
+
+def test_squared_distance_matches_brute_force():
+    g = torch.Generator().manual_seed(0)
+    binary = torch.rand(9, 10, 11, generator=g) > 0.93
+    reach = 3
+    d2 = squared_distance_to_mask_3d(binary, reach)
+    ones = binary.nonzero().tolist()
+    for z, y, x in itertools.product(range(9), range(10), range(11)):
+        best = math.inf
+        for oz, oy, ox in ones:
+            if max(abs(oz - z), abs(oy - y), abs(ox - x)) <= reach:
+                best = min(best, (oz - z) ** 2 + (oy - y) ** 2 + (ox - x) ** 2)
+        assert float(d2[z, y, x]) == best, (z, y, x)
+
+
+def test_threshold_mask_extend_and_soft_edge(device):
+    box = 24
+    vol = torch.zeros(2, box, box, box, device=device)
+    vol[:, 12, 12, 12] = 1.0
+    binary = threshold_mask_3d(vol, 0.5)
+    assert binary.sum() == 2.0
+    extended = threshold_mask_3d(vol, 0.5, extend_px=3.0)
+    # Voxels at squared distance < 9 from one voxel: count the lattice points of that ball.
+    n_ball = sum(1 for p in itertools.product(range(-3, 4), repeat=3) if sum(v * v for v in p) < 9)
+    assert float(extended[0].sum()) == n_ball
+    soft = threshold_mask_3d(vol, 0.5, extend_px=3.0, soft_edge_px=5.0)
+    assert float(soft.min()) >= 0.0 and float(soft.max()) <= 1.0
+    line = soft[0, 12, 12, 12:].cpu()  # outwards along x: 1 inside (d2 < 9), cosine edge, 0
+    assert torch.all(line[:3] == 1.0)
+    assert torch.all(line[1:] <= line[:-1])
+    # Voxel x = 12 + 4: the nearest extended-mask voxel is x = 12 + 2, d = 2 -> 0.5 + 0.5 cos(pi 2 / 5).
+    assert float(line[4]) == pytest.approx(0.5 + 0.5 * math.cos(math.pi * 2 / 5), abs=1e-6)
+    assert float(line[7]) == 0.0  # d = 5 is not < 5
+    torch.testing.assert_close(soft[0], soft[1])
+
+
+def test_threshold_mask_shrink():
+    vol = torch.zeros(16, 16, 16)
+    vol[4:12, 4:12, 4:12] = 1.0
+    shrunk = threshold_mask_3d(vol, 0.5, extend_px=-2.0)
+    # A 1-voxel becomes 0 when a 0-voxel lies at distance < 2 (only the face neighbour at 1):
+    # one layer is peeled, 8^3 -> 6^3.
+    assert float(shrunk.sum()) == 6**3
