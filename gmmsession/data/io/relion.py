@@ -329,11 +329,11 @@ def read_relion_star(
         cs = _require(df, "rlnSphericalAberration", path, pb)
         q0 = _optional(df, "rlnAmplitudeContrast", 0.0)
         combos = pd.DataFrame({"px": px_particle, "kv": voltage, "cs": cs, "q0": q0})
-        keys = list(zip(combos.px, combos.kv, combos.cs, combos.q0))
+        combo_keys = list(zip(combos.px, combos.kv, combos.cs, combos.q0))
         numbering: dict = {}
-        for k in keys:
+        for k in combo_keys:
             numbering.setdefault(k, len(numbering) + 1)
-        optics_group = np.array([numbering[k] for k in keys], dtype=np.int64)
+        optics_group = np.array([numbering[k] for k in combo_keys], dtype=np.int64)
         rows = []
         for k, g in numbering.items():
             first_stack = stack_path[optics_group == g][0]
