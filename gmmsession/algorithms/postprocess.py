@@ -59,7 +59,9 @@ class FscResult:
         ``box * pixel / i`` per shell, ``inf`` for shell 0.
     fsc_unmasked, fsc_masked, fsc_randomized_masked, fsc_corrected
         RELION's ``rlnFourierShellCorrelationUnmaskedMaps``, ``...MaskedMaps``,
-        ``...PhaseRandomizedMaskedMaps`` and ``...Corrected``.
+        ``rlnCorrectedFourierShellCorrelationPhaseRandomizedMaskedMaps`` and
+        ``rlnFourierShellCorrelationCorrected``. Without a randomisation shell the randomised
+        curve is all zeros and the corrected curve equals the masked one.
     fsc
         The curve the resolution was read from (corrected, or unmasked without a mask or after
         the mask fallback).

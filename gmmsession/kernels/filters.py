@@ -66,7 +66,8 @@ def crop_box_for_resolution(box_size: int, pixel_size_angstrom: float, resolutio
     Returns
     -------
     (box_out, pixel_size_out_angstrom) with ``2 * pixel_size_out <= resolution`` (Nyquist at or
-    beyond the target), ``box_out`` even and ``<= box_size``, and
+    beyond the target), ``box_out`` even and ``<= box_size`` (or ``box_size`` itself, even if odd,
+    when no crop is possible), and
     ``pixel_size_out = pixel_size * box_size / box_out``.
     """
     if box_size < 2 or pixel_size_angstrom <= 0 or resolution_angstrom <= 0:
@@ -120,7 +121,18 @@ def fourier_crop_2d(images: torch.Tensor, box_out: int) -> torch.Tensor:
 
 
 def fourier_pad_2d(images: torch.Tensor, box_out: int) -> torch.Tensor:
-    """Fourier-pad (upsample by sinc interpolation) real images to ``box_out >= box``."""
+    """Fourier-pad (upsample by sinc interpolation) real images to ``box_out >= box``.
+
+    Parameters
+    ----------
+    images : (..., box, box) real tensor
+    box_out : int  (``>= box``)
+
+    Returns
+    -------
+    (..., box_out, box_out) tensor; the pixel size becomes ``pixel * box / box_out``. The input's
+    Nyquist row/column is not transferred (see the module notes).
+    """
     box = _check_box(images, 2, "images")
     if box_out < box:
         raise ValueError(f"box_out must be >= {box} to pad images of shape {tuple(images.shape)}, got {box_out}")
@@ -136,7 +148,7 @@ def fourier_crop_3d(volume: torch.Tensor, box_out: int) -> torch.Tensor:
 
 
 def fourier_pad_3d(volume: torch.Tensor, box_out: int) -> torch.Tensor:
-    """Fourier-pad real volumes to ``box_out >= box`` (see :func:`fourier_pad_2d`)."""
+    """Fourier-pad real volumes ``(..., box, box, box)`` to ``box_out >= box`` (see :func:`fourier_pad_2d`)."""
     box = _check_box(volume, 3, "volume")
     if box_out < box:
         raise ValueError(f"box_out must be >= {box} to pad volumes of shape {tuple(volume.shape)}, got {box_out}")
