@@ -144,6 +144,8 @@ def read_cryosparc(
         px = np.asarray(cs["alignments3D/psize_A"], dtype=np.float64)
     else:
         raise GmmsessionInputError(f"{path}: no pixel size anywhere (no blob/psize_A or alignments3D/psize_A field)")
+    decimal_px = {v: _f32_decimal(v) for v in np.unique(px).tolist()}
+    px = np.array([decimal_px[v] for v in px.tolist()], dtype=np.float64)
     if not np.all(px > 0):
         raise GmmsessionInputError(f"{path}: particle {image_name[~(px > 0)][0]} has pixel size {px[~(px > 0)][0]} (blob/psize_A)")
     if "blob/shape" in cs.dtype.names:
@@ -185,6 +187,8 @@ def read_cryosparc(
         euler = cryosparc_pose_to_euler_relion(np.asarray(cs["alignments3D/pose"], dtype=np.float64))
         shift_px = np.asarray(_field(cs, "alignments3D/shift", path), dtype=np.float64).reshape(n, 2)
         align_px = np.asarray(cs["alignments3D/psize_A"], dtype=np.float64) if "alignments3D/psize_A" in cs.dtype.names else px
+        decimal = {v: _f32_decimal(v) for v in np.unique(align_px).tolist()}
+        align_px = np.array([decimal[v] for v in align_px.tolist()], dtype=np.float64)
         origin = shift_px * align_px[:, None]
         attrs["pose_source"] = "3d"
     else:

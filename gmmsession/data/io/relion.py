@@ -371,7 +371,7 @@ def read_relion_star(
         bad = ~np.isin(subset, (1, 2))
         if bad.any():
             raise GmmsessionInputError(
-                f"{path}: column rlnRandomSubset must be 1 or 2; particle {image_name[bad][0]} has {df['rlnRandomSubset'].to_numpy()[bad][0]!r}"
+                f"{path}: column rlnRandomSubset must be 1 or 2; particle {image_name[bad][0]} has {df['rlnRandomSubset'].to_numpy()[bad][0]}"
             )
         half = subset.astype(np.int64)
         attrs["half_source"] = "file"
