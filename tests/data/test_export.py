@@ -195,3 +195,13 @@ def test_relion_reconstruct_reads_export(tmp_path, source):
         vol = np.asarray(mrc.data)
         assert vol.shape == (24, 24, 24) and np.isfinite(vol).all() and np.abs(vol).max() > 0
         assert float(mrc.voxel_size.x) == pytest.approx(2.0)
+
+
+def test_written_file_has_normal_permissions(shared_data, tmp_path):
+    """The atomic write goes through mkstemp (0600); the result must be readable like any file."""
+    import os
+
+    out = export_star(tmp_path / "o.star", read_relion_star(shared_data / "relion" / "relion31.star"))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask
