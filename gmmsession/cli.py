@@ -49,7 +49,7 @@ def _demo(args: argparse.Namespace) -> int:
     fsc_masked = s.fsc(mask=out / "mask.mrc")
     truth, _ = read_map(sim.truth_map_path, pixel_size_angstrom=s.pixel_size_angstrom)
     avg = s.half_maps.mean("half").values
-    vs_truth = gold_standard_fsc(torch.as_tensor(avg), torch.as_tensor(truth), s.pixel_size_angstrom)
+    vs_truth = gold_standard_fsc(torch.as_tensor(avg), torch.as_tensor(truth), s.pixel_size_angstrom, threshold=0.5)
     print("[4/4] writing half maps, FSC table, session and report")
     s.write_half_maps(out)
     table = np.column_stack(
@@ -58,7 +58,7 @@ def _demo(args: argparse.Namespace) -> int:
     with atomic_path(out / "fsc.csv") as tmp:
         np.savetxt(tmp, table, delimiter=",", fmt="%.6g", header="shell,resolution_angstrom,fsc_unmasked,fsc_masked_corrected,fsc_average_vs_truth", comments="")
     s.save(out / "session.gmms")
-    res_truth = float(vs_truth.resolution_at(0.5))
+    res_truth = float(vs_truth.resolution_angstrom)
     report = {
         "particles": int(s.particles.sizes["particle"]),
         "box": box,

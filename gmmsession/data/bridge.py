@@ -129,3 +129,37 @@ def half_maps_dataarray(half1: torch.Tensor | np.ndarray, half2: torch.Tensor | 
     out.name = "half_maps"
     out.attrs["pixel_size_angstrom"] = float(pixel_size_angstrom)
     return out
+
+
+def fsc_dataarray(result, box_size: int, pixel_size_angstrom: float) -> xr.DataArray:
+    """An FSC result (``gmmsession.algorithms.postprocess.FscResult``) as a DataArray over ``shell``.
+
+    The values are the curve the resolution was read from (masked and corrected when a mask
+    was used); coordinates ``resolution_angstrom`` (Å, ``inf`` at shell 0) and, where they exist,
+    ``fsc_unmasked``, ``fsc_masked``, ``fsc_randomized``, ``fsc_corrected``; attributes
+    ``resolution_angstrom`` (the 0.143 crossing), ``resolution_unmasked_angstrom``,
+    ``masked`` (0/1), ``randomize_from_angstrom`` (NaN if none), ``threshold``, ``notes``.
+    """
+    n = box_size // 2 + 1
+    coords: dict[str, object] = {
+        "shell": np.arange(n),
+        "resolution_angstrom": ("shell", np.asarray(result.shell_resolution_angstrom, dtype=np.float64)),
+        "fsc_unmasked": ("shell", np.asarray(result.fsc_unmasked, dtype=np.float64)),
+    }
+    for name, attr in (("fsc_masked", "fsc_masked"), ("fsc_randomized", "fsc_randomized_masked"), ("fsc_corrected", "fsc_corrected")):
+        value = getattr(result, attr)
+        if value is not None:
+            coords[name] = ("shell", np.asarray(value, dtype=np.float64))
+    da = xr.DataArray(np.asarray(result.fsc, dtype=np.float64), dims=("shell",), coords=coords, name="fsc")
+    da["resolution_angstrom"].attrs["units"] = UNITS["resolution_angstrom"]
+    rnd = result.randomize_from_angstrom
+    da.attrs.update(
+        resolution_angstrom=float(result.resolution_angstrom),
+        resolution_unmasked_angstrom=float(result.resolution_unmasked_angstrom),
+        masked=int(bool(result.mask_used)),
+        randomize_from_angstrom=float("nan") if rnd is None else float(rnd),
+        threshold=float(result.threshold),
+        notes="; ".join(result.notes),
+        pixel_size_angstrom=float(pixel_size_angstrom),
+    )
+    return da

@@ -23,8 +23,9 @@ from gmmsession.data.io.cryosparc import read_cryosparc
 from gmmsession.data.io.export import export_star as _export_star
 from gmmsession.data.io.mrc import read_map, write_map
 from gmmsession.data.io.relion import read_relion_star
-from gmmsession.data.particles import ParticleSet, check_half_sets, split_random_halves
+from gmmsession.data.particles import ParticleSet, check_half_sets
 from gmmsession.kernels.device import resolve_device
+from gmmsession.session.store import session_input_paths
 from gmmsession.session.history import History, StepRecord, Timer, environment_versions
 
 __all__ = ["Session"]
@@ -79,7 +80,7 @@ class Session:
         by a seeded permutation, recorded in the history.
         """
         with Timer() as t:
-            pset = read_relion_star(path, stacks_root=stacks_root)
+            pset = read_relion_star(path, stacks_root=stacks_root, split_seed=seed)
         return cls._from_set(pset, "from_star", {"path": str(path), "stacks_root": _str(stacks_root), "seed": seed}, t, seed, device)
 
     @classmethod
@@ -88,16 +89,12 @@ class Session:
     ) -> "Session":
         """Open a cryoSPARC ``.cs`` particle file; ``stacks_root`` is the cryoSPARC project folder."""
         with Timer() as t:
-            pset = read_cryosparc(path, stacks_root=stacks_root)
+            pset = read_cryosparc(path, stacks_root=stacks_root, split_seed=seed)
         return cls._from_set(pset, "from_cryosparc", {"path": str(path), "stacks_root": _str(stacks_root), "seed": seed}, t, seed, device)
 
     @classmethod
     def _from_set(cls, pset: ParticleSet, name: str, params: dict, t: Timer, seed: int, device: Any) -> "Session":
-        metrics: dict[str, Any] = {}
-        if not _has_half_sets(pset.particles):
-            pset.particles = split_random_halves(pset.particles, seed)
-            metrics["half_split"] = f"random, seed {seed}"
-        check_half_sets(pset.particles, params["path"])
+        metrics: dict[str, Any] = {"half_source": pset.particles.attrs.get("half_source", "file")}
         s = cls(pset, device=device)
         counts = np.bincount(pset.particles["half"].values, minlength=3)
         metrics.update(n_particles=int(pset.particles.sizes["particle"]), n_half1=int(counts[1]), n_half2=int(counts[2]))
@@ -143,6 +140,7 @@ class Session:
         Streams the particles in chunks of ``chunk_size`` (memory does not grow with the
         particle count). The result is in :attr:`half_maps`; the step record is returned.
         """
+        check_half_sets(self.particles)
         dev = resolve_device(device if device is not None else self._device)
         config = ReconstructConfig(pad_factor=pad_factor, chunk_size=chunk_size, device=str(dev))
         n = int(self.particles.sizes["particle"])
@@ -218,7 +216,7 @@ class Session:
         Refuses to write over any input file of the session.
         """
         with Timer() as t:
-            out = _export_star(path, self._set)
+            out = _export_star(path, self._set, inputs=session_input_paths(self._set))
         self._record("export_star", {"path": str(path)}, t, {"n_particles": int(self.particles.sizes["particle"])})
         return Path(out)
 
@@ -274,10 +272,6 @@ class Session:
                 curves=curves or {},
             )
         )
-
-
-def _has_half_sets(particles: xr.Dataset) -> bool:
-    return "half" in particles and bool(np.isin(particles["half"].values, (1, 2)).all())
 
 
 def _str(x: Any) -> str | None:

@@ -13,21 +13,24 @@ different gmmsession version of the same format opens with a warning.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import warnings
 from pathlib import Path
 
 import h5netcdf
+import numpy as np
+import pandas as pd
 import xarray as xr
 
 from gmmsession import __version__
 from gmmsession.data.errors import GmmsessionInputError, SessionVersionError
 from gmmsession.data.io._atomic import atomic_path, refuse_overwrite_of_inputs
-from gmmsession.data.particles import ParticleSet, source_from_json, source_to_json
+from gmmsession.data.particles import ParticleSet, SourceTables
 from gmmsession.session.history import History
 
-__all__ = ["save_session", "open_session", "FORMAT_VERSION", "SessionVersionWarning"]
+__all__ = ["save_session", "open_session", "session_input_paths", "FORMAT_VERSION", "SessionVersionWarning"]
 
 FORMAT_VERSION = 1
 
@@ -40,7 +43,7 @@ def save_session(session, path: str | os.PathLike) -> Path:
     """Write ``session`` to ``path`` atomically (see module docstring for the layout)."""
     path = Path(path)
     pset: ParticleSet = session._set
-    refuse_overwrite_of_inputs(path, pset.input_paths())
+    refuse_overwrite_of_inputs(path, session_input_paths(pset))
     with atomic_path(path, suffix=".gmms") as tmp:
         _clean_for_netcdf(pset.particles).to_netcdf(tmp, group="particles", engine="h5netcdf", mode="w")
         _clean_for_netcdf(pset.optics).to_netcdf(tmp, group="optics", engine="h5netcdf", mode="a")
@@ -50,7 +53,8 @@ def save_session(session, path: str | os.PathLike) -> Path:
             f.attrs["gmmsession_format"] = FORMAT_VERSION
             f.attrs["gmmsession_version"] = __version__
             f.attrs["history"] = session.history.to_json()
-            f.attrs["source"] = source_to_json(pset.source)
+            f.attrs["source"] = _source_meta(pset.source)
+        _write_source_tables(tmp, pset.source)
     return path
 
 
@@ -84,7 +88,7 @@ def open_session(path: str | os.PathLike, *, device=None):
     particles = _load(path, "particles")
     optics = _load(path, "optics")
     half_maps = _load(path, "half_maps")["half_maps"] if "half_maps" in groups else None
-    pset = ParticleSet(particles=particles, optics=optics, source=source_from_json(attrs["source"]))
+    pset = ParticleSet(particles=particles, optics=optics, source=_read_source(path, attrs["source"]))
     return Session(pset, device=device, history=History.from_json(attrs["history"]), half_maps=half_maps)
 
 
@@ -98,3 +102,75 @@ def _clean_for_netcdf(ds: xr.Dataset) -> xr.Dataset:
     out = ds.copy()
     out.attrs = {k: (v if isinstance(v, (str, int, float)) else json.dumps(v)) for k, v in ds.attrs.items()}
     return out
+
+
+def session_input_paths(pset: ParticleSet) -> list[str]:
+    """Every file a session reads: the star/cs file and the particle stacks (never to be overwritten)."""
+    paths = [str(pset.source.path)] if pset.source.path is not None else []
+    if "stack_path" in pset.particles:
+        paths.extend(str(p) for p in np.unique(pset.particles["stack_path"].values.astype(str)))
+    return paths
+
+
+# The source tables are stored losslessly: every star block as its own group (float64, int64 and
+# string columns round-trip exactly), non-loop blocks and block order as JSON, a cryoSPARC record
+# array as its .npy bytes.
+def _source_meta(source: SourceTables) -> str:
+    blocks = []
+    for name, block in source.blocks.items():
+        if isinstance(block, pd.DataFrame):
+            blocks.append({"name": name, "kind": "table"})
+        else:
+            blocks.append({"name": name, "kind": "dict", "values": {str(k): _plain(v) for k, v in dict(block).items()}})
+    return json.dumps(
+        {
+            "path": str(source.path),
+            "format": source.format,
+            "particles_block": source.particles_block,
+            "optics_block": source.optics_block,
+            "stacks_root": None if source.stacks_root is None else str(source.stacks_root),
+            "blocks": blocks,
+            "has_cs": source.cs is not None,
+        }
+    )
+
+
+def _plain(v):
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def _write_source_tables(tmp: Path, source: SourceTables) -> None:
+    for i, (name, block) in enumerate(source.blocks.items()):
+        if isinstance(block, pd.DataFrame):
+            ds = xr.Dataset.from_dataframe(block.reset_index(drop=True).rename_axis("row"))
+            ds.attrs["block_name"] = name
+            ds.to_netcdf(tmp, group=f"source_block_{i}", engine="h5netcdf", mode="a")
+    if source.cs is not None:
+        buf = io.BytesIO()
+        np.save(buf, source.cs, allow_pickle=False)
+        raw = np.frombuffer(buf.getvalue(), dtype=np.uint8)
+        xr.Dataset({"npy": ("byte", raw)}).to_netcdf(tmp, group="source_cs", engine="h5netcdf", mode="a")
+
+
+def _read_source(path: Path, meta_json: str) -> SourceTables:
+    meta = json.loads(meta_json)
+    blocks: dict = {}
+    for i, b in enumerate(meta["blocks"]):
+        if b["kind"] == "table":
+            df = _load(path, f"source_block_{i}").to_dataframe().reset_index(drop=True)
+            blocks[b["name"]] = df
+        else:
+            blocks[b["name"]] = b["values"]
+    cs = None
+    if meta.get("has_cs"):
+        raw = _load(path, "source_cs")["npy"].values.tobytes()
+        cs = np.load(io.BytesIO(raw), allow_pickle=False)
+    return SourceTables(
+        path=Path(meta["path"]),
+        format=meta["format"],
+        blocks=blocks,
+        particles_block=meta["particles_block"],
+        optics_block=meta["optics_block"],
+        cs=cs,
+        stacks_root=None if meta["stacks_root"] is None else Path(meta["stacks_root"]),
+    )
