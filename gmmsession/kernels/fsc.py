@@ -67,9 +67,10 @@ def shell_index_rfft(box_size: int, ndim: int, *, device: torch.device | str | N
         raise ValueError(f"ndim must be 2 or 3, got {ndim}")
     full = torch.fft.fftfreq(box_size, d=1.0 / box_size, device=device, dtype=torch.float64)
     half = torch.fft.rfftfreq(box_size, d=1.0 / box_size, device=device, dtype=torch.float64)
-    axes = [full] * (ndim - 1) + [half]
-    grids = torch.meshgrid(*axes, indexing="ij")
-    r2 = sum(g * g for g in grids)
+    if ndim == 2:
+        r2 = full[:, None] ** 2 + half[None, :] ** 2
+    else:
+        r2 = (full[:, None, None] ** 2 + full[None, :, None] ** 2) + half[None, None, :] ** 2
     # sqrt(integer) is never exactly m + 0.5, so rounding has no ties (RELION's ROUND = ours).
     idx = torch.round(torch.sqrt(r2)).to(torch.long)
     n_shells = box_size // 2 + 1
@@ -105,10 +106,12 @@ def shell_sums_rfft(values: torch.Tensor, shell_index: torch.Tensor, n_shells: i
 def _correlation_from_spectra(f1: torch.Tensor, f2: torch.Tensor, box: int, ndim: int) -> torch.Tensor:
     n_shells = box // 2 + 1
     idx = shell_index_rfft(box, ndim, device=f1.device)
-    # Per-element products in the input precision, shell sums in float64 (accurate on every device).
-    num = shell_sums_rfft((f1.conj() * f2).real.to(torch.float64), idx, n_shells)
-    den1 = shell_sums_rfft((f1.real**2 + f1.imag**2).to(torch.float64), idx, n_shells)
-    den2 = shell_sums_rfft((f2.real**2 + f2.imag**2).to(torch.float64), idx, n_shells)
+    r1, r2 = torch.view_as_real(f1), torch.view_as_real(f2)
+    # Per-element products in the input precision, shell sums in float64 (accurate on every device);
+    # the three sums share one scatter.
+    terms = torch.stack([(r1 * r2).sum(-1), (r1 * r1).sum(-1), (r2 * r2).sum(-1)], dim=-ndim - 1)
+    sums = shell_sums_rfft(terms.to(torch.float64), idx, n_shells)
+    num, den1, den2 = sums.unbind(-2)
     den = torch.sqrt(den1 * den2)
     # An all-zero shell (zero maps) has no defined correlation; report 0 rather than NaN.
     return torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.zeros_like(den))
@@ -243,13 +246,13 @@ def phase_randomize_3d(
     noise_device = generator.device if generator is not None else volume.device
     noise = torch.randn(volume.shape, generator=generator, device=noise_device, dtype=volume.dtype).to(volume.device)
     noise_spectrum = torch.fft.rfftn(noise, dim=(-3, -2, -1))
-    phase = torch.angle(noise_spectrum)
+    # Unit phasors of the noise transform: uniform phases, Hermitian-consistent by construction.
+    phasor = noise_spectrum / noise_spectrum.abs().clamp_min(torch.finfo(volume.dtype).tiny)
     full = torch.fft.fftfreq(box, d=1.0 / box, device=volume.device, dtype=torch.float64)
     half = torch.fft.rfftfreq(box, d=1.0 / box, device=volume.device, dtype=torch.float64)
-    kz, ky, kx = torch.meshgrid(full, full, half, indexing="ij")
-    beyond = (kx * kx + ky * ky + kz * kz) >= float(from_shell) ** 2
-    randomized = torch.polar(spectrum.abs(), phase.to(spectrum.real.dtype))
-    spectrum = torch.where(beyond, randomized, spectrum)
+    r2 = (full[:, None, None] ** 2 + full[None, :, None] ** 2) + half[None, None, :] ** 2
+    beyond = r2 >= float(from_shell) ** 2
+    spectrum = torch.where(beyond, spectrum.abs() * phasor, spectrum)
     return irfft_centered_3d(spectrum, box)
 
 
