@@ -248,7 +248,8 @@ def read_relion_star(
     bfactor = _optional(df, "rlnCtfBfactor", 0.0)
     scale = _optional(df, "rlnCtfScalefactor", 1.0)
 
-    version_match = _VERSION_RE.search(path.read_text(errors="replace")[:4096])
+    with open(path, encoding="utf-8", errors="replace") as f:
+        version_match = _VERSION_RE.search(f.read(4096))
     attrs: dict = {"source_path": str(path)}
     if version_match:
         attrs["star_version"] = int(version_match.group(1))
