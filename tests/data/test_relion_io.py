@@ -162,3 +162,19 @@ def test_read_images_through_star(tmp_path):
     ps = read_relion_star(star)
     with ParticleImageReader(ps.particles, ps.optics) as reader:
         np.testing.assert_array_equal(reader.read([6, 0, 3]), images[[6, 0, 3]])
+
+
+def test_loaded_set_feeds_the_bridge(shared_data, device):
+    """What the readers produce is what data/bridge.py expects, on every device."""
+    import torch
+
+    from gmmsession.data.bridge import particle_tensors
+    from gmmsession.kernels.conventions import euler_relion_to_matrix
+
+    ps = read_relion_star(shared_data / "relion" / "relion31.6opticsgroups.star")
+    t = particle_tensors(ps.particles, ps.optics, np.array([5, 0, 100]), device=device, dtype=torch.float64)
+    assert t.rotation.device.type == device.type
+    euler = np.stack([ps.particles[v].values[[5, 0, 100]] for v in ("rot_deg", "tilt_deg", "psi_deg")], -1)
+    torch.testing.assert_close(t.rotation.cpu(), euler_relion_to_matrix(torch.tensor(euler)))
+    groups = ps.particles["optics_group"].values[[5, 0, 100]]
+    np.testing.assert_array_equal(t.pixel_size_angstrom.cpu().numpy(), ps.optics["pixel_size_angstrom"].sel(optics_group=groups).values)
