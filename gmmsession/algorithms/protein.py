@@ -371,6 +371,7 @@ def _pack_side_chains(
         if not _SIDE_CHAINS[names[i]]:
             continue
         others = occupied[occupied_owner != i]
+        others = others[((others - ca[i]) ** 2).sum(1) < 14.0**2]  # side chains reach < 9 Å from CA
         ladder = [names[i]] + [r for r in _SMALLER if len(_SIDE_CHAINS[r]) < len(_SIDE_CHAINS[names[i]])]
         chosen = None
         for res in ladder:
@@ -380,7 +381,7 @@ def _pack_side_chains(
             for _ in range(8):
                 atoms = _side_chain(res, ca[i], cb[i], rng)
                 xyz = np.stack([a[2] for a in atoms])
-                d = _min_distance(xyz, others)
+                d = _min_distance(xyz, others) if len(others) else math.inf
                 if np.linalg.norm(xyz - centre, axis=1).max() > max_radius_angstrom:
                     d = -1.0
                 if chosen is None or chosen[0] != res or d > chosen[2]:

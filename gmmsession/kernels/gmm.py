@@ -80,29 +80,32 @@ def gaussian_mass_voxel_units(
     return amplitudes * (2 * math.pi * sigmas_angstrom**2) ** 1.5 / pixel_size_angstrom**3
 
 
-def _axis_frequencies(n_out: int, box_size: int, pixel_size_angstrom: float, *, rfft: bool, like: torch.Tensor) -> torch.Tensor:
-    """Frequencies (1/Å) along one axis of an (optionally cropped) centred-DFT grid."""
-    spacing = 1.0 / (box_size * pixel_size_angstrom)
+def _frequency_indices(n_out: int, *, rfft: bool, like: torch.Tensor) -> torch.Tensor:
+    """Integer frequency indices of a centred-DFT axis: fftfreq or rfftfreq order, as floats."""
     if rfft:
-        idx = torch.arange(n_out // 2 + 1, device=like.device, dtype=like.dtype)
-    else:
-        idx = torch.fft.fftfreq(n_out, d=1.0 / n_out, device=like.device, dtype=like.dtype)
-    return idx * spacing
+        return torch.arange(n_out // 2 + 1, device=like.device, dtype=like.dtype)
+    return torch.fft.fftfreq(n_out, d=1.0 / n_out, device=like.device, dtype=like.dtype)
 
 
 def _axis_factor(
-    freqs: torch.Tensor, coords: torch.Tensor, sigmas: torch.Tensor, weights: torch.Tensor | None = None
+    index: torch.Tensor,
+    spacing: float,
+    coords: torch.Tensor,
+    sigmas: torch.Tensor,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``w_j exp(-2 pi^2 sigma_j^2 k^2) exp(-2 pi i k c_j)`` as ``(..., K, G)`` complex.
+    """``w_j exp(-2 pi^2 sigma_j^2 k^2) exp(-2 pi i k c_j)`` with ``k = index * spacing``.
 
-    freqs (K,), coords (..., G), sigmas (..., G) or (G,), weights broadcastable to (..., G).
+    index (K,), coords (..., G), sigmas and weights broadcastable to (..., G); returns
+    ``(..., K, G)`` complex. The real envelope multiplies cosine and sine before they are
+    combined (``torch.complex(cos, sin)`` measured faster on CPU than ``torch.polar``).
     """
-    k = freqs[:, None]
-    envelope = torch.exp(-2 * math.pi**2 * sigmas[..., None, :] ** 2 * k**2)
+    k = index * spacing
+    envelope = torch.exp((-2 * math.pi**2) * sigmas[..., None, :] ** 2 * (k**2)[:, None])
     if weights is not None:
         envelope = envelope * weights[..., None, :]
-    phase = -2 * math.pi * k * coords[..., None, :]
-    return torch.polar(envelope.expand(phase.shape), phase)
+    phase = (-2 * math.pi) * k[:, None] * coords[..., None, :]
+    return torch.complex(envelope * torch.cos(phase), envelope * torch.sin(phase))
 
 
 def _check_gaussians(
@@ -193,14 +196,9 @@ def project_gaussians_rfft_2d(
     mass = gaussian_mass_voxel_units(amp, sig, pixel_size_angstrom)
 
     b = fourier_crop_box_size(box_size, pixel_size_angstrom, max_frequency)
-    ky = _axis_frequencies(b, box_size, pixel_size_angstrom, rfft=False, like=pos)
-    kx = _axis_frequencies(b, box_size, pixel_size_angstrom, rfft=True, like=pos)
-    left = _axis_factor(ky, xy[..., 1], sig, mass)  # (n, Ky, G)
-    right = _axis_factor(kx, xy[..., 0], sig)  # (n, Kx, G)
-    if left.shape[0] != n:
-        left = left.expand(n, -1, -1)
-    if right.shape[0] != n:
-        right = right.expand(n, -1, -1)
+    spacing = 1.0 / (box_size * pixel_size_angstrom)
+    left = _axis_factor(_frequency_indices(b, rfft=False, like=pos), spacing, xy[..., 1], sig, mass)  # (n, Ky, G)
+    right = _axis_factor(_frequency_indices(b, rfft=True, like=pos), spacing, xy[..., 0], sig)  # (n, Kx, G)
     return left @ right.transpose(-2, -1)
 
 
@@ -298,18 +296,19 @@ def gaussians_rfft_3d(
     pos = positions_angstrom.to(dtype).reshape(-1, lead[-1], 3)
     amp = amplitudes.to(pos).reshape(-1, lead[-1])
     sig = sigmas_angstrom.to(pos).reshape(-1, lead[-1])
-    kfull = _axis_frequencies(box_size, box_size, pixel_size_angstrom, rfft=False, like=pos)
-    khalf = _axis_frequencies(box_size, box_size, pixel_size_angstrom, rfft=True, like=pos)
-    nh = khalf.shape[0]
+    nh = box_size // 2 + 1
+    spacing = 1.0 / (box_size * pixel_size_angstrom)
+    full = _frequency_indices(box_size, rfft=False, like=pos)
+    half = _frequency_indices(box_size, rfft=True, like=pos)
     out = []
     for p, a, s in zip(pos, amp, sig):
         mass = gaussian_mass_voxel_units(a, s, pixel_size_angstrom)
         acc = None
         for start in range(0, p.shape[0], chunk_size):
             sl = slice(start, start + chunk_size)
-            fz = _axis_factor(kfull, p[sl, 2], s[sl], mass[sl])  # (Kz, g)
-            fy = _axis_factor(kfull, p[sl, 1], s[sl])  # (Ky, g)
-            fx = _axis_factor(khalf, p[sl, 0], s[sl])  # (Kx, g)
+            fz = _axis_factor(full, spacing, p[sl, 2], s[sl], mass[sl])  # (Kz, g)
+            fy = _axis_factor(full, spacing, p[sl, 1], s[sl])  # (Ky, g)
+            fx = _axis_factor(half, spacing, p[sl, 0], s[sl])  # (Kx, g)
             zy = (fz[:, None, :] * fy[None, :, :]).reshape(box_size * box_size, -1)
             term = zy @ fx.T
             acc = term if acc is None else acc + term
