@@ -21,8 +21,7 @@ def _demo(args: argparse.Namespace) -> int:
     import gmmsession as gs
     from gmmsession.algorithms.postprocess import gold_standard_fsc
     from gmmsession.data.io._atomic import atomic_path
-    from gmmsession.data.io.mrc import read_map, write_map
-    from gmmsession.kernels.masks import soft_sphere_mask_3d
+    from gmmsession.data.io.mrc import read_map
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -38,16 +37,14 @@ def _demo(args: argparse.Namespace) -> int:
     )
     t_sim = time.perf_counter() - t0
     print("[2/4] opening the star file and reconstructing the half maps")
-    s = gs.Session.from_star(sim.star_path)
+    s = gs.Session.from_star(sim.particles_star)
     step = s.reconstruct(progress=not args.quiet)
     print(f"      {step.metrics['particles_per_s']:.0f} particles/s")
     print("[3/4] gold-standard FSC (unmasked, and masked with phase-randomisation correction)")
     box = s.box_size
-    mask = soft_sphere_mask_3d(box, radius_px=0.4 * box, edge_width_px=max(3.0, 0.06 * box)).numpy()
-    write_map(out / "mask.mrc", mask, s.pixel_size_angstrom)
     fsc = s.fsc()
-    fsc_masked = s.fsc(mask=out / "mask.mrc")
-    truth, _ = read_map(sim.truth_map_path, pixel_size_angstrom=s.pixel_size_angstrom)
+    fsc_masked = s.fsc(mask=sim.mask)
+    truth, _ = read_map(sim.truth_map, pixel_size_angstrom=s.pixel_size_angstrom)
     avg = s.half_maps.mean("half").values
     vs_truth = gold_standard_fsc(torch.as_tensor(avg), torch.as_tensor(truth), s.pixel_size_angstrom, threshold=0.5)
     print("[4/4] writing half maps, FSC table, session and report")
@@ -82,7 +79,7 @@ def _demo(args: argparse.Namespace) -> int:
         f"- average of the half maps vs the truth map (FSC 0.5): {res_truth:.2f} Å",
         f"- simulation {report['simulate_s']} s, reconstruction {report['reconstruct_s']} s, total {report['total_s']} s",
         "",
-        "Files: half1.mrc, half2.mrc, mask.mrc, fsc.csv, session.gmms (reopen with gmmsession.open_session), data/ (star, stack, truth).",
+        "Files: half1.mrc, half2.mrc, fsc.csv, session.gmms (reopen with gmmsession.open_session), data/ (star, stack, truth maps and the solvent mask used for the masked FSC).",
     ]
     with atomic_path(out / "report.md") as tmp:
         tmp.write_text("\n".join(lines) + "\n")

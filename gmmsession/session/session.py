@@ -32,13 +32,16 @@ __all__ = ["Session"]
 
 
 def _progress_bar(total: int, desc: str, enabled: bool):
-    """A tqdm.auto bar (notebook widget or terminal) or a no-op; returns (update, close)."""
+    """A tqdm.auto bar (notebook widget or terminal) or a no-op; returns (set_done, close).
+
+    ``set_done(n)`` takes the cumulative count that the algorithms' progress callbacks report.
+    """
     if not enabled:
         return (lambda n: None), (lambda: None)
     from tqdm.auto import tqdm
 
     bar = tqdm(total=total, desc=desc, unit="particle", leave=False)
-    return bar.update, bar.close
+    return (lambda n_done: bar.update(n_done - bar.n)), bar.close
 
 
 class Session:
