@@ -19,7 +19,7 @@ def environment_versions() -> dict[str, str]:
     import torch
     import xarray
 
-    from gmmsession import __version__
+    from gmmsession._version import __version__
 
     return {
         "gmmsession": __version__,

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from gmmsession import __version__
+from gmmsession._version import __version__
 from gmmsession.data.errors import GmmsessionInputError, SessionVersionError
 from gmmsession.data.io._atomic import atomic_path, refuse_overwrite_of_inputs
 from gmmsession.data.particles import ParticleSet, SourceTables
