@@ -268,3 +268,20 @@ def check_optics_groups(particles: xr.Dataset, optics: xr.Dataset, path: str | o
             f"{path}: optics group {g} is referenced by particle {first} but not defined in the optics table "
             f"(defined: {sorted(known)})"
         )
+
+
+def check_poses(particles: xr.Dataset, path: str | os.PathLike | None = None) -> None:
+    """Raise if any particle lacks a 3D pose (NaN Euler angles or origins), naming the first one.
+
+    Call it before reconstruction or refinement, so that no image is read in vain.
+    """
+    where = path if path is not None else particles.attrs.get("source_path", "<particles>")
+    names = ("rot_deg", "tilt_deg", "psi_deg", "origin_x_angstrom", "origin_y_angstrom")
+    values = np.stack([np.asarray(particles[n].values, dtype=np.float64) for n in names], axis=-1)
+    bad = ~np.isfinite(values).all(axis=-1)
+    if bad.any():
+        first = particles["image_name"].values[bad][0]
+        raise GmmsessionInputError(
+            f"{where}: {int(bad.sum())} particle(s) have no 3D pose (rlnAngleRot/Tilt/Psi or origins missing), "
+            f"first {first}; a 3D refinement's particles are needed"
+        )

@@ -23,7 +23,8 @@ from gmmsession.data.io.cryosparc import read_cryosparc
 from gmmsession.data.io.export import export_star as _export_star
 from gmmsession.data.io.mrc import read_map, write_map
 from gmmsession.data.io.relion import read_relion_star
-from gmmsession.data.particles import ParticleSet, check_half_sets
+from gmmsession.data.io.stack import ParticleImageReader
+from gmmsession.data.particles import ParticleSet, check_half_sets, check_poses
 from gmmsession.kernels.device import resolve_device
 from gmmsession.session.store import session_input_paths
 from gmmsession.session.history import History, StepRecord, Timer, environment_versions
@@ -144,6 +145,7 @@ class Session:
         particle count). The result is in :attr:`half_maps`; the step record is returned.
         """
         check_half_sets(self.particles)
+        check_poses(self.particles)
         dev = resolve_device(device if device is not None else self._device)
         config = ReconstructConfig(pad_factor=pad_factor, chunk_size=chunk_size, device=str(dev))
         n = int(self.particles.sizes["particle"])
@@ -165,6 +167,32 @@ class Session:
             t,
             {"n_particles": n, "resolution_angstrom": float(fsc.attrs["resolution_angstrom"]), "particles_per_s": n / max(t.duration_s, 1e-9)},
             {"fsc": fsc.values.tolist()},
+        )
+        return self.history.last()
+
+    def check_images(self, *, drop_nonfinite: bool = False, chunk_size: int = 1000) -> StepRecord:
+        """Scan every particle image for NaN/Inf pixels.
+
+        Raises :class:`~gmmsession.data.io.stack.NonFiniteImageError` naming the particles, or,
+        with ``drop_nonfinite=True``, removes them from the session (recorded in the history
+        with their image names). Missing stacks, short stacks and wrong boxes raise too.
+        """
+        with Timer() as t:
+            with ParticleImageReader(self.particles, self.optics) as reader:
+                bad = reader.find_nonfinite(chunk_size=chunk_size)
+                if len(bad) and not drop_nonfinite:
+                    raise reader.nonfinite_error(bad)
+        names = self.particles["image_name"].values[bad].astype(str).tolist()
+        if len(bad):
+            keep = np.ones(self.particles.sizes["particle"], dtype=bool)
+            keep[bad] = False
+            self._set.particles = self.particles.isel(particle=keep)
+        self._record(
+            "check_images",
+            {"drop_nonfinite": drop_nonfinite, "chunk_size": chunk_size},
+            t,
+            {"n_nonfinite": len(bad), "n_particles": int(self.particles.sizes["particle"])},
+            {"dropped_image_names": names} if names else {},
         )
         return self.history.last()
 

@@ -270,10 +270,10 @@ class ParticleImageReader:
         images = self._read_raw(pos)
         bad = self._nonfinite_mask(images)
         if bad.any():
-            raise self._nonfinite_error(pos[bad])
+            raise self.nonfinite_error(pos[bad])
         return images
 
-    def _nonfinite_error(self, bad_positions: np.ndarray) -> NonFiniteImageError:
+    def nonfinite_error(self, bad_positions: np.ndarray) -> NonFiniteImageError:
         names = [str(self._image_name[p]) for p in bad_positions]
         shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
         return NonFiniteImageError(
@@ -311,7 +311,7 @@ class ParticleImageReader:
             bad = self._nonfinite_mask(images)
             if bad.any():
                 if on_nonfinite == "raise":
-                    raise self._nonfinite_error(chunk[bad])
+                    raise self.nonfinite_error(chunk[bad])
                 self.dropped_positions = np.concatenate([self.dropped_positions, chunk[bad]])
                 chunk, images = chunk[~bad], images[~bad]
             yield chunk, images
