@@ -104,13 +104,13 @@ def params_from_tables(optics: pd.DataFrame, parts: pd.DataFrame) -> ParticleTen
     o = optics.iloc[0]
 
     def col(name: str, default: float = 0.0) -> torch.Tensor:
-        v = parts[name].to_numpy(np.float64) if name in parts else np.full(n, default)
+        v = parts[name].to_numpy(np.float64, copy=True) if name in parts else np.full(n, default)
         return torch.as_tensor(v, dtype=torch.float32)
 
     def const(v: float) -> torch.Tensor:
         return torch.full((n,), float(v), dtype=torch.float32)
 
-    euler = torch.as_tensor(parts[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy(np.float64))
+    euler = torch.as_tensor(parts[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy(np.float64, copy=True))
     return ParticleTensors(
         rotation=euler_relion_to_matrix(euler).float(),
         origin_angstrom=torch.stack([col("rlnOriginXAngst"), col("rlnOriginYAngst")], -1),
@@ -178,8 +178,8 @@ def resolution_0143(fsc: torch.Tensor, box: int, pixel_size: float) -> float:
 
 
 def run_ours(star: Path, box: int, pixel_size: float, chunk_size: int) -> tuple[torch.Tensor, float, float]:
-    torch.set_num_threads(2)
-    config = ReconstructConfig(chunk_size=chunk_size)
+    # Two half-set threads on two cores; no intra-op threads on top (see ReconstructConfig).
+    config = ReconstructConfig(chunk_size=chunk_size, parallel_halves=True, torch_threads=1)
     t0, c0 = time.perf_counter(), time.process_time()
     maps = reconstruct_half_maps(chunks_from_stack(star, chunk_size), box, pixel_size, config)
     return maps, time.perf_counter() - t0, time.process_time() - c0

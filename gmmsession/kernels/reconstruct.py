@@ -25,7 +25,7 @@ import torch
 from gmmsession.kernels.fourier import irfft_centered_3d
 from gmmsession.kernels.projection import _slice_frequency_indices, trilinear_gridding_correction_3d
 
-_POINTS_PER_BLOCK = 131072  # image points inserted per vectorised step (cache-sized temporaries)
+_POINTS_PER_BLOCK = 32768  # image points inserted per vectorised step (cache-sized temporaries)
 
 __all__ = [
     "FourierAccumulator",
@@ -227,8 +227,7 @@ def _trilinear_corners_flat(coords: torch.Tensor, p: int) -> tuple[torch.Tensor,
     half = p // 2 + 1
     fl = torch.floor(coords)
     fr = coords - fl
-    i0 = fl.to(torch.int64)
-    x0, y0, z0 = i0.unbind(-1)
+    x0, y0, z0 = fl.to(torch.int64).unbind(-1)
     y0 = torch.remainder(y0, p)
     z0 = torch.remainder(z0, p)
     base = (z0 * p + y0) * half + x0
