@@ -49,7 +49,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-import gmmsession
+from gmmsession._version import __version__
 from gmmsession.algorithms.protein import (
     Protein,
     build_protein,
@@ -186,7 +186,7 @@ def simulate(
     cs_mm: float = 2.7,
     amplitude_contrast: float = 0.1,
     seed: int = 0,
-    chunk_size: int = 128,
+    chunk_size: int = 32,
     device: torch.device | str | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> SimulatedDataset:
@@ -208,7 +208,8 @@ def simulate(
         in micrographs of 50 sharing a defocus (+-100 Å each), astigmatism 0-500 Å.
     voltage_kv, cs_mm, amplitude_contrast : optics.
     seed : everything (model, poses, CTF, halves, noise) is determined by it.
-    chunk_size : particles per batch (memory ~ ``chunk_size * box * n_atoms * 12`` bytes).
+    chunk_size : particles per batch (memory ~ ``chunk_size * box * n_atoms * 16`` bytes; small
+        chunks stay in the CPU cache: 16-32 measured fastest on CPU, larger ones suit a GPU).
     device : torch device for the projections (default: CUDA if available). The output does
         not depend on it beyond float32 rounding; noise is drawn on the CPU.
     progress : called as ``progress(n_done)`` after each chunk (two passes: clean images up to
@@ -383,7 +384,7 @@ def simulate(
                 atom_domains=np.asarray(protein.domains),
             )
     parameters = {
-        "gmmsession_version": gmmsession.__version__,
+        "gmmsession_version": __version__,
         "torch_version": torch.__version__,
         "n_particles": n,
         "box_size": int(box_size),

@@ -197,9 +197,14 @@ def project_gaussians_rfft_2d(
 
     b = fourier_crop_box_size(box_size, pixel_size_angstrom, max_frequency)
     spacing = 1.0 / (box_size * pixel_size_angstrom)
-    left = _axis_factor(_frequency_indices(b, rfft=False, like=pos), spacing, xy[..., 1], sig, mass)  # (n, Ky, G)
-    right = _axis_factor(_frequency_indices(b, rfft=True, like=pos), spacing, xy[..., 0], sig)  # (n, Kx, G)
-    return left @ right.transpose(-2, -1)
+    index = _frequency_indices(b, rfft=True, like=pos)  # 0 .. b // 2
+    right = _axis_factor(index, spacing, xy[..., 0], sig).transpose(-2, -1)  # (n, G, Kx)
+    # Rows ky >= 0 only: the factor at -ky is the complex conjugate (real envelope and mass), so
+    # the negative rows come from conjugate views, and only the small products are reordered.
+    left = _axis_factor(index, spacing, xy[..., 1], sig, mass)  # (n, b // 2 + 1, G)
+    positive = left[..., : (b + 1) // 2, :] @ right  # ky = 0 .. ceil(b / 2) - 1
+    negative = left[..., 1 : b // 2 + 1, :].conj() @ right  # ky = -1 .. -(b // 2)
+    return torch.cat([positive, negative.flip(-2)], dim=-2)
 
 
 def _render_axis(n_vox: int, pixel_size_angstrom: float, coords: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
