@@ -195,3 +195,59 @@ def test_shape_errors():
         FourierAccumulator(torch.zeros(4, 4, 3, dtype=torch.complex64), torch.zeros(4, 4, 3), 8, 2)
     with pytest.raises(ValueError, match="box/pad"):
         acc + FourierAccumulator.zeros(4, 4)
+
+
+def _params(rot: torch.Tensor, origin: torch.Tensor, pixel: float, box: int):
+    from gmmsession.data.bridge import ParticleTensors
+
+    n = rot.shape[0]
+    dev = rot.device
+    full = lambda v: torch.full((n,), float(v), device=dev)  # noqa: E731
+    g = torch.Generator().manual_seed(21)
+    du = (8000 + 12000 * torch.rand(n, generator=g)).to(dev)
+    return ParticleTensors(
+        rotation=rot, origin_angstrom=origin, defocus_u_angstrom=du, defocus_v_angstrom=du - 200,
+        defocus_angle_deg=full(15), phase_shift_deg=full(0), ctf_bfactor_angstrom2=full(0), ctf_scale=full(1),
+        voltage_kv=full(300), cs_mm=full(2.7), amplitude_contrast=full(0.1), pixel_size_angstrom=full(pixel),
+        box_size=torch.full((n,), box, dtype=torch.int64, device=dev),
+    )
+
+
+def test_reconstruct_half_maps_streams_chunks(device):
+    """Algorithm layer: CTF images in chunks -> two half maps; chunking does not change the sums."""
+    from gmmsession.algorithms.reconstruct import ReconstructConfig, backproject_chunk, reconstruct_half_maps
+    from gmmsession.kernels.ctf import ctf_2d
+
+    box, n, pixel = 24, 1200, 2.0
+    vol = smooth_random_map(box, device, seed=13)
+    rot = uniform_rotations(n, device, seed=14)
+    g = torch.Generator().manual_seed(15)
+    origin = ((torch.rand(n, 2, generator=g) - 0.5) * 10).to(device)
+    params = _params(rot, origin, pixel, box)
+    ctf = ctf_2d(rfft_frequencies_2d(box, pixel, device=device), **params.ctf_kwargs())
+    images = project_volume(vol, rot, origin, pixel, ctf=ctf)
+    halves = (torch.arange(n, device=device) % 2) + 1
+    config = ReconstructConfig(device=str(device))
+    done = []
+
+    def chunks(size):
+        from gmmsession.data.bridge import ParticleTensors
+
+        for s in range(0, n, size):
+            sl = slice(s, s + size)
+            yield images[sl], ParticleTensors(**{k: v[sl] for k, v in vars(params).items()}), halves[sl]
+
+    maps = reconstruct_half_maps(chunks(500), box, pixel, config, progress=done.append)
+    assert maps.shape == (2, box, box, box)
+    assert done == [500, 1000, 1200]
+    for h in range(2):
+        # CTF-weighted direct inversion of 600 noise-free images per half (measured >= 0.995).
+        assert float(local_fsc(maps[h], vol)[: box // 2].min()) > 0.98
+    one = backproject_chunk(images, params, halves, box, pixel, config)
+    parts = [backproject_chunk(*c, box, pixel, config) for c in chunks(300)]
+    summed = parts[0][1]
+    for p in parts[1:]:
+        summed = summed + p[1]
+    assert torch.allclose(summed.weight, one[1].weight, rtol=1e-4, atol=1e-3)
+    with pytest.raises(ValueError, match="halves"):
+        backproject_chunk(images[:2], _params(rot[:2], origin[:2], pixel, box), torch.tensor([0, 1]), box, pixel, config)
