@@ -478,10 +478,11 @@ def build_protein(
     pos = np.stack([r[2] for r in rows])
     residue = np.array([r[3] for r in rows])
     domain = residue_domain[residue]
-    # B-factors: 20 Å^2 in domain cores rising to ~45 at the surface, +10 in loops, +3 per side-chain bond.
+    # B-factors as in a ~3 Å cryo-EM model: 30 Å^2 in domain cores rising to ~60 at the surface,
+    # +10 in loops, +3 per side-chain bond.
     radial = np.array([np.linalg.norm(pos[k] - centres[domain[k] - 1]) for k in range(len(rows))])
     radial = radial / np.percentile(radial, 95)
-    bfac = 20.0 + 25.0 * np.clip(radial, 0, 1.3) ** 2 + np.array([r[5] + 3.0 * r[4] for r in rows])
+    bfac = 30.0 + 30.0 * np.clip(radial, 0, 1.3) ** 2 + np.array([r[5] + 3.0 * r[4] for r in rows])
 
     centre = 0.5 * (pos.min(0) + pos.max(0))
     pos = pos - centre  # bounding-box centre at the origin (voxel box // 2)

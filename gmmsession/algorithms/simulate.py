@@ -17,9 +17,9 @@ Atoms
 -----
 Each atom is a Gaussian of width ``sigma = sqrt(sigma_atom^2 + B / (8 pi^2))`` with
 ``sigma_atom = 0.5 Å`` (the width of a light atom's Coulomb potential seen at ~2-3 Å
-resolution, about B = 20 Å^2) and ``B`` the atom's B-factor, so a typical atom
-(B = 20-60 Å^2) has sigma = 0.7-1.0 Å: helices show their pitch, strands separate, side
-chains make bumps at 3 Å. An atom's integrated density ("mass") is proportional to its
+resolution, about B = 20 Å^2) and ``B`` the atom's B-factor, so a typical atom of the
+procedural protein (B = 30-70 Å^2) has sigma = 0.8-1.1 Å: at 3 Å (Nyquist at 1.5 Å pixels)
+helices show their pitch, strands separate and side chains make bumps. An atom's integrated density ("mass") is proportional to its
 element's weight (C 1.0, N 1.1, O 1.2, S 2.2, P 2.0; others ``(Z / 6)^0.7``); the
 peak amplitudes are scaled so that the band-limited truth map has maximum 1.0.
 

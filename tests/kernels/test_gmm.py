@@ -159,3 +159,23 @@ def test_float32_and_shape_errors(device):
         project_gaussians_rfft_2d(pos, amp, sig, rot[:, :2], shift, BOX, PIX)
     with pytest.raises(ValueError, match="sigmas_angstrom"):
         render_gaussians_3d(pos, amp, sig[:-1], BOX, PIX)
+
+
+def test_odd_box_and_batched_rendering(device):
+    pos, amp, sig = _blobs(device)
+    box = 31
+    eye = torch.eye(3, dtype=pos.dtype, device=device)[None]
+    spectrum = project_gaussians_rfft_2d(pos, amp, sig, eye, torch.zeros(1, 2, dtype=pos.dtype, device=device), box, PIX)
+    assert spectrum.shape == (1, box, box // 2 + 1)
+    vol = render_gaussians_3d(pos, amp, sig, box, PIX)
+    # Same tail/aliasing bound as the even box (46.5 Å box, blobs within +-7 Å, sigma >= 2.5 Å).
+    assert torch.allclose(irfft_centered_2d(spectrum, box)[0], vol.sum(0), atol=2e-3 * vol.sum(0).abs().max().item())
+    # Leading batch dimensions: (2, G, 3) renders two volumes, each equal to its own rendering.
+    pos2 = torch.stack([pos, pos.flip(0)])
+    amp2 = torch.stack([amp, 2 * amp])
+    sig2 = torch.stack([sig, sig])
+    vols = render_gaussians_3d(pos2, amp2, sig2, 16, PIX)
+    ffts = gaussians_rfft_3d(pos2, amp2, sig2, 16, PIX)
+    assert vols.shape == (2, 16, 16, 16) and ffts.shape == (2, 16, 16, 9)
+    assert torch.allclose(vols[1], render_gaussians_3d(pos.flip(0), 2 * amp, sig, 16, PIX))
+    assert torch.allclose(ffts[0], gaussians_rfft_3d(pos, amp, sig, 16, PIX))
