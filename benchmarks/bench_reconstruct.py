@@ -161,7 +161,7 @@ def chunks_from_stack(star: Path, chunk_size: int):
     if not (np.diff(index) == 1).all():
         raise ValueError("benchmark expects one stack in order")
     params = params_from_tables(optics, parts)
-    halves = torch.as_tensor(parts["rlnRandomSubset"].to_numpy(), dtype=torch.int64)
+    halves = torch.as_tensor(parts["rlnRandomSubset"].to_numpy(copy=True), dtype=torch.int64)
     with mrcfile.mmap(stack, mode="r", permissive=True) as m:
         for start in range(0, len(parts), chunk_size):
             sl = slice(start, min(len(parts), start + chunk_size))
