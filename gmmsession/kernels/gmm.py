@@ -108,6 +108,29 @@ def _axis_factor(
     return torch.complex(envelope * torch.cos(phase), envelope * torch.sin(phase))
 
 
+def _axis_factor_stacked(
+    index: torch.Tensor,
+    spacing: float,
+    coords: torch.Tensor,
+    sigmas: torch.Tensor,
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Real and imaginary parts of :func:`_axis_factor` stacked along the frequency axis.
+
+    Returns ``(..., 2K, G)`` real: rows ``0..K-1`` are ``w E cos(2 pi k c)`` and rows
+    ``K..2K-1`` are ``-w E sin(2 pi k c)``, from one cosine of the phases offset by
+    ``(0, pi/2)`` (``cos(x + pi/2) = -sin x``), so no complex tensor of this size is built.
+    """
+    k = index * spacing
+    k2 = torch.cat([k, k])
+    offset = torch.cat([torch.zeros_like(k), torch.full_like(k, 0.5 * math.pi)])
+    envelope = torch.exp((-2 * math.pi**2) * sigmas[..., None, :] ** 2 * (k2**2)[:, None])
+    if weights is not None:
+        envelope = envelope * weights[..., None, :]
+    phase = (2 * math.pi) * k2[:, None] * coords[..., None, :] + offset[:, None]
+    return envelope * torch.cos(phase)
+
+
 def _check_gaussians(
     positions: torch.Tensor, amplitudes: torch.Tensor, sigmas: torch.Tensor, batch: int | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -197,13 +220,18 @@ def project_gaussians_rfft_2d(
 
     b = fourier_crop_box_size(box_size, pixel_size_angstrom, max_frequency)
     spacing = 1.0 / (box_size * pixel_size_angstrom)
-    index = _frequency_indices(b, rfft=True, like=pos)  # 0 .. b // 2
-    right = _axis_factor(index, spacing, xy[..., 0], sig).transpose(-2, -1)  # (n, G, Kx)
-    # Rows ky >= 0 only: the factor at -ky is the complex conjugate (real envelope and mass), so
-    # the negative rows come from conjugate views, and only the small products are reordered.
-    left = _axis_factor(index, spacing, xy[..., 1], sig, mass)  # (n, b // 2 + 1, G)
-    positive = left[..., : (b + 1) // 2, :] @ right  # ky = 0 .. ceil(b / 2) - 1
-    negative = left[..., 1 : b // 2 + 1, :].conj() @ right  # ky = -1 .. -(b // 2)
+    index = _frequency_indices(b, rfft=True, like=pos)  # 0 .. b // 2, shared by both axes
+    kh = index.shape[0]
+    # Real arithmetic: one real batched matmul of [Re; Im] factors gives the four block products.
+    # Only ky >= 0 is computed: at -ky the factor is the complex conjugate (real envelope and mass).
+    left = _axis_factor_stacked(index, spacing, xy[..., 1], sig, mass)  # (n, 2 kh, G)
+    right = _axis_factor_stacked(index, spacing, xy[..., 0], sig)  # (n, 2 kh, G)
+    blocks = left @ right.transpose(-2, -1)  # (n, 2 kh, 2 kh)
+    rr, ri = blocks[..., :kh, :kh], blocks[..., :kh, kh:]
+    ir, ii = blocks[..., kh:, :kh], blocks[..., kh:, kh:]
+    n_pos = (b + 1) // 2  # ky = 0 .. ceil(b / 2) - 1
+    positive = torch.complex(rr[..., :n_pos, :] - ii[..., :n_pos, :], ri[..., :n_pos, :] + ir[..., :n_pos, :])
+    negative = torch.complex(rr[..., 1:, :] + ii[..., 1:, :], ri[..., 1:, :] - ir[..., 1:, :])  # ky = -1 .. -(b // 2)
     return torch.cat([positive, negative.flip(-2)], dim=-2)
 
 
