@@ -9,10 +9,12 @@ RELION's ``relion_reconstruct --ctf``, the grid accumulates ``data += CTF * F`` 
 
 :func:`finalise_reconstruction` then sums the Friedel pairs of the ``x = 0`` plane, divides the
 data by the weight (with a small per-shell floor, see there), inverts the padded transform,
-crops to ``box`` and divides by the trilinear gridding kernel (``sinc^2`` per axis).
+crops to ``box``, divides by the trilinear gridding kernel (``sinc^2`` per axis) and, like
+RELION, soft-masks the corners outside the inscribed sphere.
 
-All work is done on flattened indices (``index_add_``); no Python loop over particles, and no
-dense ``(box, box, box, shells)`` arrays.
+Insertion scatters into flattened grids (``scatter_add_``) in blocks of images; there is no
+Python loop over particles, and shell statistics use ``bincount`` over flat shell indices
+(no dense ``(box, box, box, shells)`` arrays).
 """
 
 from __future__ import annotations
@@ -151,8 +153,8 @@ def backproject_slices_rfft_2d(
         Output-grid frequency index per image frequency index:
         ``B * pixel_out / (b * pixel_image)`` (1 when box and pixel size agree).
     max_radius_px : float or None
-        Insert only ``|j| * scale < max_radius_px`` (output-box Fourier pixels); default
-        ``B / 2`` (Nyquist). Image frequencies beyond the image's own Nyquist are never used.
+        Insert only ``|j| * scale < max_radius_px`` (output-box Fourier pixels, at most and by
+        default ``B / 2``, Nyquist). Image frequencies beyond the image's own Nyquist are never used.
 
     Returns
     -------
@@ -171,7 +173,8 @@ def backproject_slices_rfft_2d(
     big_b = accumulator.box_size
     pad = accumulator.pad_factor
     p = big_b * pad
-    radius_out = big_b / 2 if max_radius_px is None else float(max_radius_px)
+    # Never beyond the output Nyquist radius: the half-space grid has no column past p / 2.
+    radius_out = big_b / 2 if max_radius_px is None else min(float(max_radius_px), big_b / 2)
     scale = torch.as_tensor(frequency_scale, device=device, dtype=rdtype).expand(n).reshape(n)
     if n == 0:
         return accumulator
