@@ -67,12 +67,32 @@ class ReconstructConfig:
     torch_threads: int | None = None
 
 
-def _select(params: ParticleTensors, index: torch.Tensor) -> ParticleTensors:
+def _select(params: ParticleTensors, index: torch.Tensor | slice) -> ParticleTensors:
     return ParticleTensors(**{f.name: getattr(params, f.name)[index] for f in dataclasses.fields(params)})
 
 
 def _to_device(params: ParticleTensors, device: torch.device) -> ParticleTensors:
     return ParticleTensors(**{f.name: getattr(params, f.name).to(device) for f in dataclasses.fields(params)})
+
+
+def _prepare_spectra(
+    images: torch.Tensor, params: ParticleTensors, with_ctf: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Centred rffts shifted by ``+origin``, and the CTFs, each on the image's own frequency grid."""
+    b = images.shape[-1]
+    spectra = rfft_centered_2d(images)
+    ctf = torch.empty(spectra.shape, dtype=torch.float32, device=images.device) if with_ctf else None
+    pixel = params.pixel_size_angstrom.to(torch.float32)
+    values = torch.unique(pixel).tolist()
+    for value in values:
+        # One pixel size (the usual case): work on the whole chunk without gather/scatter copies.
+        sel = slice(None) if len(values) == 1 else torch.nonzero(pixel == value).squeeze(-1)
+        freqs = rfft_frequencies_2d(b, float(value), device=images.device)
+        sub = _select(params, sel)
+        spectra[sel] = fourier_shift_rfft_2d(spectra[sel], sub.origin_angstrom, freqs)
+        if ctf is not None:
+            ctf[sel] = ctf_2d(freqs, **sub.ctf_kwargs())
+    return spectra, ctf
 
 
 def _max_radius_px(out_box: int, out_pixel_size: float, config: ReconstructConfig) -> float | None:
@@ -139,32 +159,19 @@ def _insert_chunk(
     params = _to_device(params, device)
     halves = halves.to(device)
 
-    spectra = rfft_centered_2d(images)
-    ctf = torch.empty(spectra.shape, dtype=torch.float32, device=device) if config.ctf else None
     pixel = params.pixel_size_angstrom.to(torch.float32)
-    for value in torch.unique(pixel).tolist():
-        sel = torch.nonzero(pixel == value).squeeze(-1)
-        freqs = rfft_frequencies_2d(b, float(value), device=device)
-        sub = _select(params, sel)
-        spectra[sel] = fourier_shift_rfft_2d(spectra[sel], sub.origin_angstrom, freqs)
-        if ctf is not None:
-            ctf[sel] = ctf_2d(freqs, **sub.ctf_kwargs())
     scale = (out_box * out_pixel_size) / (b * pixel)
     radius = _max_radius_px(out_box, out_pixel_size, config)
 
     def insert(half: int) -> tuple[int, FourierAccumulator]:
+        # Everything per half set, so that the two halves can run in parallel threads.
         sel = torch.nonzero(halves == half).squeeze(-1)
+        sub = _select(params, sel)
+        spectra, ctf = _prepare_spectra(images[sel], sub, config.ctf)
         acc = accumulators.get(half)
         if acc is None:
             acc = FourierAccumulator.zeros(out_box, config.pad_factor, device=device)
-        backproject_slices_rfft_2d(
-            spectra[sel],
-            params.rotation[sel],
-            acc,
-            ctf=None if ctf is None else ctf[sel],
-            frequency_scale=scale[sel],
-            max_radius_px=radius,
-        )
+        backproject_slices_rfft_2d(spectra, sub.rotation, acc, ctf=ctf, frequency_scale=scale[sel], max_radius_px=radius)
         return half, acc
 
     present = [h for h in HALVES if bool((halves == h).any())]
@@ -213,15 +220,28 @@ def reconstruct_half_maps(
             n_done += int(images.shape[0])
             if progress is not None:
                 progress(n_done)
+        maps = _finalise_halves(totals, box_size, pixel_size_angstrom, config)
     finally:
         torch.set_num_threads(previous_threads)
-    radius = _max_radius_px(box_size, pixel_size_angstrom, config)
-    maps = []
-    for half in HALVES:
-        if half in totals:
-            maps.append(finalise_reconstruction(totals[half], config.weight_floor_fraction, radius).to(torch.float32))
-        else:
-            device = torch.device(config.device) if config.device is not None else torch.device("cpu")
-            maps.append(torch.zeros(box_size, box_size, box_size, device=device))
     device = maps[0].device
     return torch.stack([m.to(device) for m in maps])
+
+
+def _finalise_halves(
+    totals: dict[int, FourierAccumulator], box_size: int, pixel_size_angstrom: float, config: ReconstructConfig
+) -> list[torch.Tensor]:
+    radius = _max_radius_px(box_size, pixel_size_angstrom, config)
+
+    def finalise(half: int) -> torch.Tensor:
+        if half not in totals:
+            device = torch.device(config.device) if config.device is not None else torch.device("cpu")
+            return torch.zeros(box_size, box_size, box_size, device=device)
+        return finalise_reconstruction(totals[half], config.weight_floor_fraction, radius).to(torch.float32)
+
+    on_cpu = all(acc.data.device.type == "cpu" for acc in totals.values())
+    if config.parallel_halves and on_cpu and len(totals) == 2:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            maps = list(pool.map(finalise, HALVES))
+    else:
+        maps = [finalise(h) for h in HALVES]
+    return maps
