@@ -108,6 +108,8 @@ def fourier_shift_rfft_2d(
     spectrum : (..., box, box // 2 + 1) complex tensor
     shift_angstrom : (..., 2) tensor of ``(dx, dy)``; positive moves content to larger x / y.
     frequencies : (box, box // 2 + 1, 2) tensor from :func:`rfft_frequencies_2d` (same units).
+        The grid is separable (kx along the last axis, ky along the first), so the phase
+        ramp is computed per axis and multiplied: no trigonometry per pixel.
 
     Returns
     -------
@@ -119,7 +121,10 @@ def fourier_shift_rfft_2d(
         raise ValueError(
             f"frequencies {tuple(frequencies.shape)} do not match spectrum {tuple(spectrum.shape)}"
         )
-    phase = -2 * math.pi * (
-        frequencies[..., 0] * shift_angstrom[..., 0, None, None] + frequencies[..., 1] * shift_angstrom[..., 1, None, None]
-    )
-    return spectrum * torch.polar(torch.ones_like(phase), phase)
+    kx = frequencies[0, :, 0]
+    ky = frequencies[:, 0, 1]
+    phase_x = -2 * math.pi * kx * shift_angstrom[..., 0, None]  # (..., Kx)
+    phase_y = -2 * math.pi * ky * shift_angstrom[..., 1, None]  # (..., Ky)
+    ramp_x = torch.polar(torch.ones_like(phase_x), phase_x)
+    ramp_y = torch.polar(torch.ones_like(phase_y), phase_y)
+    return spectrum * (ramp_y[..., :, None] * ramp_x[..., None, :])
