@@ -76,17 +76,23 @@ def ctf_2d(
     kx = frequencies[..., 0]
     ky = frequencies[..., 1]
     k2 = kx * kx + ky * ky
-    angle = torch.atan2(ky, kx)
-    deltaf = -(du + dv) / 2 - (du - dv) / 2 * torch.cos(2 * (angle - azimuth))
+    # cos(2 (angle - azimuth)) without per-pixel trigonometry: the grid terms cos 2a, sin 2a
+    # (a = atan2(ky, kx); 1 and 0 at k = 0) are shared by every particle.
+    safe_k2 = torch.where(k2 > 0, k2, torch.ones_like(k2))
+    cos2a = torch.where(k2 > 0, (kx * kx - ky * ky) / safe_k2, torch.ones_like(k2))
+    sin2a = 2 * kx * ky / safe_k2
+    cos_term = cos2a * torch.cos(2 * azimuth) + sin2a * torch.sin(2 * azimuth)
+    deltaf = -(du + dv) / 2 - (du - dv) / 2 * cos_term
+    lam2 = lam * lam
     gamma = (
-        math.pi * lam * deltaf * k2
-        + (math.pi / 2) * cs * lam**3 * k2 * k2
-        - phase
-        - torch.atan(q0 / torch.sqrt(1 - q0 * q0))
+        (math.pi * lam) * (deltaf * k2)
+        + ((math.pi / 2) * cs * lam2 * lam) * (k2 * k2)
+        - (phase + torch.atan(q0 / torch.sqrt(1 - q0 * q0)))
     )
     ctf = -sc * torch.sin(gamma)
-    return ctf * torch.exp(-bfac * k2 / 4)
-
+    if bool((bfac != 0).any()):
+        ctf = ctf * torch.exp(-bfac * k2 / 4)
+    return ctf
 
 def phase_flip(spectrum: torch.Tensor, ctf: torch.Tensor) -> torch.Tensor:
     """Phase-flip image spectra: multiply by ``sign(CTF)`` (zeros of the CTF keep their value).
