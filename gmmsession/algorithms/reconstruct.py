@@ -11,7 +11,9 @@ weights into a 2x padded Fourier grid.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -51,10 +53,13 @@ class ReconstructConfig:
         On CPU, insert the two half sets of a chunk in two threads (the insertion releases the
         GIL; on 2 cores this nearly halves the time).
     torch_threads : int or None
-        If given, ``torch.set_num_threads(torch_threads)`` for the duration of
-        :func:`reconstruct_half_maps` (restored afterwards). With ``parallel_halves`` on a small
-        CPU, 1 is fastest: the two half-set threads already use two cores, and intra-op threads
-        on top of them oversubscribe.
+        ``torch.set_num_threads`` for the duration of :func:`reconstruct_half_maps` (restored
+        afterwards). None: half of torch's threads (at least 1) when the two half sets run in
+        parallel threads on the CPU, else unchanged — the half-set threads already use two
+        cores, and intra-op threads on top of them oversubscribe a small CPU.
+    prefetch_chunks : int
+        Chunks read ahead in a background thread (0: read inline), so reading the stack
+        overlaps with insertion.
     """
 
     pad_factor: int = 2
@@ -65,6 +70,7 @@ class ReconstructConfig:
     weight_floor_fraction: float = 1e-3
     parallel_halves: bool = True
     torch_threads: int | None = None
+    prefetch_chunks: int = 1
 
 
 def _select(params: ParticleTensors, index: torch.Tensor | slice) -> ParticleTensors:
@@ -212,10 +218,14 @@ def reconstruct_half_maps(
     totals: dict[int, FourierAccumulator] = {}
     n_done = 0
     previous_threads = torch.get_num_threads()
-    if config.torch_threads is not None:
-        torch.set_num_threads(config.torch_threads)
+    threads = config.torch_threads
+    on_cpu = config.device is None or torch.device(config.device).type == "cpu"
+    if threads is None and config.parallel_halves and on_cpu:
+        threads = max(1, previous_threads // 2)
+    if threads is not None:
+        torch.set_num_threads(threads)
     try:
-        for images, params, halves in chunks:
+        for images, params, halves in _prefetched(chunks, config.prefetch_chunks):
             _insert_chunk(images, params, halves, box_size, pixel_size_angstrom, config, totals)
             n_done += int(images.shape[0])
             if progress is not None:
@@ -245,3 +255,51 @@ def _finalise_halves(
     else:
         maps = [finalise(h) for h in HALVES]
     return maps
+
+
+def _prefetched(iterable: Iterable, depth: int) -> Iterator:
+    """Iterate ``iterable`` with up to ``depth`` items produced ahead in a background thread.
+
+    Reading the next chunk (memory-mapped stack, numpy -> torch) then overlaps with inserting
+    the current one. Exceptions from the producer are re-raised here; ``depth = 0`` iterates
+    inline.
+    """
+    if depth <= 0:
+        yield from iterable
+        return
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in iterable:
+                if stop.is_set():
+                    return
+                q.put(item)
+            q.put(done)
+        except BaseException as exc:  # handed to the consumer
+            q.put(_Raised(exc))
+
+    worker = threading.Thread(target=produce, daemon=True, name="gmmsession-prefetch")
+    worker.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, _Raised):
+                raise item.exc
+            yield item
+    finally:
+        stop.set()
+        while worker.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                worker.join(timeout=0.05)
+
+
+class _Raised:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc

@@ -42,12 +42,18 @@ __all__ = [
 class FourierAccumulator:
     """Summable back-projection sums on a padded half-space Fourier grid.
 
+    The sums live on a *centred, unwrapped* grid so that insertion needs no index wrapping:
+    element ``[z + P/2, y + P/2, x]`` holds padded-grid frequency ``(x, y, z)`` with
+    ``-P/2 <= y, z <= P/2`` and ``0 <= x <= P/2`` (``P = pad_factor * box_size``). The rows for
+    ``+P/2`` and ``-P/2`` are the same DFT sample; :meth:`fft_order` folds them and returns the
+    usual ``(P, P, P // 2 + 1)`` rfft layout.
+
     Attributes
     ----------
-    data : (P, P, P // 2 + 1) complex tensor, ``sum CTF * F`` (``F``: unnormalised centred image DFTs).
-    weight : (P, P, P // 2 + 1) real tensor, ``sum CTF^2``.
+    data : (P + 1, P + 1, P // 2 + 1) complex tensor, ``sum CTF * F`` (``F``: unnormalised centred image DFTs).
+    weight : (P + 1, P + 1, P // 2 + 1) real tensor, ``sum CTF^2``.
     box_size : int
-        Box of the map being reconstructed (voxels); ``P = pad_factor * box_size``.
+        Box of the map being reconstructed (voxels).
     pad_factor : int
 
     Accumulators made by different chunks, devices or nodes are combined with ``+`` (the result
@@ -60,8 +66,7 @@ class FourierAccumulator:
     pad_factor: int
 
     def __post_init__(self) -> None:
-        p = self.box_size * self.pad_factor
-        shape = (p, p, p // 2 + 1)
+        shape = self.grid_shape(self.box_size, self.pad_factor)
         if tuple(self.data.shape) != shape or tuple(self.weight.shape) != shape:
             raise ValueError(
                 f"data {tuple(self.data.shape)} and weight {tuple(self.weight.shape)} must both have shape {shape} "
@@ -69,6 +74,12 @@ class FourierAccumulator:
             )
         if not self.data.is_complex() or self.weight.is_complex():
             raise ValueError("data must be complex and weight real")
+
+    @staticmethod
+    def grid_shape(box_size: int, pad_factor: int) -> tuple[int, int, int]:
+        """Shape of the centred, unwrapped accumulation grid: ``(P + 1, P + 1, P // 2 + 1)``."""
+        p = int(box_size) * int(pad_factor)
+        return (p + 1, p + 1, p // 2 + 1)
 
     @classmethod
     def zeros(
@@ -80,14 +91,18 @@ class FourierAccumulator:
         dtype: torch.dtype = torch.float32,
     ) -> "FourierAccumulator":
         """Empty sums for a ``box_size`` map (``dtype`` is the real dtype)."""
-        p = int(box_size) * int(pad_factor)
+        shape = cls.grid_shape(box_size, pad_factor)
         cdtype = (torch.zeros((), dtype=dtype) * 1j).dtype
         return cls(
-            data=torch.zeros(p, p, p // 2 + 1, dtype=cdtype, device=device),
-            weight=torch.zeros(p, p, p // 2 + 1, dtype=dtype, device=device),
+            data=torch.zeros(shape, dtype=cdtype, device=device),
+            weight=torch.zeros(shape, dtype=dtype, device=device),
             box_size=int(box_size),
             pad_factor=int(pad_factor),
         )
+
+    def fft_order(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(data, weight)`` on the ``(P, P, P // 2 + 1)`` rfft grid in FFT order (``+-P/2`` rows summed)."""
+        return _fold_to_fft_order(self.data), _fold_to_fft_order(self.weight)
 
     def __add__(self, other: "FourierAccumulator") -> "FourierAccumulator":
         if not isinstance(other, FourierAccumulator):
@@ -107,6 +122,16 @@ class FourierAccumulator:
     def to(self, device: torch.device | str) -> "FourierAccumulator":
         """The same sums on another device."""
         return FourierAccumulator(self.data.to(device), self.weight.to(device), self.box_size, self.pad_factor)
+
+
+def _fold_to_fft_order(grid: torch.Tensor) -> torch.Tensor:
+    """Centred ``(P + 1, P + 1, H)`` grid -> FFT-ordered ``(P, P, H)``; frequency ``+P/2`` adds onto ``-P/2``."""
+    p = grid.shape[0] - 1
+    z = grid[:p].clone()
+    z[0] += grid[p]
+    zy = z[:, :p].clone()
+    zy[:, 0] += z[:, p]
+    return torch.fft.ifftshift(zy, dim=(0, 1))
 
 
 def insertion_points_2d(
@@ -224,29 +249,22 @@ def backproject_slices_rfft_2d(
 def _trilinear_corners_flat(coords: torch.Tensor, p: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Flat indices ``(8, m)`` and weights ``(8, m)`` of the trilinear neighbours of ``coords``.
 
-    ``coords`` (3, m) are ``(x, y, z)`` rows in padded-grid units, ``0 <= x < p / 2``,
-    ``|y|, |z| <= p / 2``; the grid is ``(p, p, p // 2 + 1)`` in FFT order along z and y.
-    Corner order: (z, y, x) in {0, 1}^3 with x fastest.
+    ``coords`` (3, m) are ``(x, y, z)`` rows in padded-grid units with ``0 <= x < p / 2`` and
+    ``|y|, |z| < p / 2``; indices address the centred ``(p + 1, p + 1, p // 2 + 1)`` grid of
+    :class:`FourierAccumulator` (no wrapping needed). Corner order: (z, y, x) in {0, 1}^3, x fastest.
     """
     half = p // 2 + 1
+    row = (p + 1) * half
     fl = torch.floor(coords)
-    fr = coords - fl
+    f = coords - fl
     i0 = fl.to(torch.int64)
-    x0 = i0[0]
-    y0 = torch.remainder(i0[1], p)
-    z0 = torch.remainder(i0[2], p)
-    base = (z0 * p + y0) * half + x0
-    # Step to the next y / z row, wrapping from index p - 1 to 0 (FFT order).
-    dy = torch.where(y0 == p - 1, half - p * half, half)
-    dz = torch.where(z0 == p - 1, p * half - p * p * half, p * half)
-    b_y = base + dy
-    b_z = base + dz
-    b_yz = b_y + dz
-    idx8 = torch.stack([base, base + 1, b_y, b_y + 1, b_z, b_z + 1, b_yz, b_yz + 1])
-    fx, fy, fz = fr.unbind(0)
-    gx, gy, gz = 1 - fx, 1 - fy, 1 - fz
-    a, bb, c, d = gz * gy, gz * fy, fz * gy, fz * fy
-    w8 = torch.stack([a * gx, a * fx, bb * gx, bb * fx, c * gx, c * fx, d * gx, d * fx])
+    base = (i0[2] + p // 2) * row + (i0[1] + p // 2) * half + i0[0]
+    offsets = torch.tensor([0, 1, half, half + 1, row, row + 1, row + half, row + half + 1], device=coords.device)
+    idx8 = base[None, :] + offsets[:, None]
+    g = 1 - f
+    wzy = torch.stack([g[2] * g[1], g[2] * f[1], f[2] * g[1], f[2] * f[1]])  # (4, m)
+    wx = torch.stack([g[0], f[0]])  # (2, m)
+    w8 = (wzy[:, None, :] * wx[None, :, :]).reshape(8, -1)
     return idx8, w8
 
 
@@ -346,7 +364,7 @@ def finalise_reconstruction(
     box = accumulator.box_size
     pad = accumulator.pad_factor
     p = box * pad
-    data, weight = _enforce_hermitian_x0(accumulator.data, accumulator.weight)
+    data, weight = _enforce_hermitian_x0(*accumulator.fft_order())
     radius = _radius_grid_3d(p, data.device, weight.dtype)
     r_max = (box / 2 if max_radius_px is None else float(max_radius_px)) * pad
     inside = radius < r_max

@@ -116,10 +116,10 @@ def test_adjointness(device):
     mask[flat] = True
     y = y * mask.reshape(box, box // 2 + 1)
     px = project_slices_rfft_2d(x, rot, box, 2)
-    acc = FourierAccumulator(torch.zeros_like(x), torch.zeros(x.shape, device=device), box, 2)
+    acc = FourierAccumulator.zeros(box, 2, device=device)
     backproject_slices_rfft_2d(y, rot, acc)
     lhs = (px.conj() * y).real.sum()
-    rhs = (x.conj() * acc.data).real.sum()
+    rhs = (x.conj() * acc.fft_order()[0]).real.sum()
     assert torch.isclose(lhs, rhs, rtol=1e-4), (float(lhs), float(rhs))  # float32 sums of ~1e4 terms
 
 
@@ -251,3 +251,21 @@ def test_reconstruct_half_maps_streams_chunks(device):
     assert torch.allclose(summed.weight, one[1].weight, rtol=1e-4, atol=1e-3)
     with pytest.raises(ValueError, match="halves"):
         backproject_chunk(images[:2], _params(rot[:2], origin[:2], pixel, box), torch.tensor([0, 1]), box, pixel, config)
+
+
+def test_prefetched_chunks_keep_order_raise_and_stop_cleanly():
+    from gmmsession.algorithms.reconstruct import _prefetched
+
+    assert list(_prefetched(iter(range(10)), 2)) == list(range(10))
+    assert list(_prefetched(iter(range(3)), 0)) == [0, 1, 2]
+
+    def broken():
+        yield 1
+        raise OSError("stack vanished")
+
+    with pytest.raises(OSError, match="stack vanished"):
+        list(_prefetched(broken(), 1))
+    # Stopping early (e.g. an error in the consumer) leaves no producer blocked forever.
+    gen = _prefetched(iter(range(1000)), 1)
+    assert next(gen) == 0
+    gen.close()
