@@ -17,7 +17,7 @@ import numpy as np
 from gmmsession.data.errors import GmmsessionInputError
 from gmmsession.data.io._atomic import atomic_path
 
-__all__ = ["read_map", "write_map", "MrcHeaderWarning"]
+__all__ = ["read_map", "read_map_with_origin", "write_map", "MrcHeaderWarning"]
 
 
 class MrcHeaderWarning(UserWarning):
@@ -67,6 +67,40 @@ def read_map(path: str | os.PathLike, pixel_size_angstrom: float | None = None) 
             stacklevel=2,
         )
     return data, float(pixel_size_angstrom)
+
+
+def read_map_with_origin(
+    path: str | os.PathLike, pixel_size_angstrom: float | None = None
+) -> tuple[np.ndarray, float, np.ndarray]:
+    """Read a 3D map and the model-frame position of its first voxel (for overlaying atomic models).
+
+    Parameters
+    ----------
+    path, pixel_size_angstrom : as :func:`read_map`.
+
+    Returns
+    -------
+    (data, pixel_size_angstrom, origin_angstrom): ``data`` and the pixel size as :func:`read_map`;
+    ``origin_angstrom`` (3,) float64 ``(x, y, z)``: the coordinates (Å) that atomic models
+    (PDB/mmCIF) overlaid on this map give to voxel index ``(0, 0, 0)``. Voxel ``(i, j, k)``
+    (``x, y, z`` indices) sits at ``origin + (i, j, k) * pixel``. As ChimeraX reads headers: the
+    MRC-2000 ``origin`` field when it is non-zero, else ``(nxstart, nystart, nzstart) * pixel``.
+    Only the standard axis order (``mapc, mapr, maps = 1, 2, 3``, which :func:`read_map`
+    assumes too) is supported.
+    """
+    data, px = read_map(path, pixel_size_angstrom)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # header problems were reported by read_map
+        with mrcfile.open(Path(path), mode="r", permissive=True, header_only=True) as mrc:
+            h = mrc.header
+            origin = np.array([float(h.origin.x), float(h.origin.y), float(h.origin.z)], dtype=np.float64)
+            start = np.array([int(h.nxstart), int(h.nystart), int(h.nzstart)], dtype=np.float64)
+            axes = (int(h.mapc), int(h.mapr), int(h.maps))
+    if axes != (1, 2, 3):
+        raise GmmsessionInputError(f"{path}: axis order (mapc, mapr, maps) = {axes} is not supported (expected 1, 2, 3)")
+    if not np.all(np.isfinite(origin)) or not np.any(origin != 0):
+        origin = start * px
+    return data, px, origin
 
 
 def write_map(path: str | os.PathLike, data: np.ndarray, pixel_size_angstrom: float) -> Path:
