@@ -14,11 +14,14 @@ import numpy as np
 import torch
 import xarray as xr
 
+from gmmsession.algorithms.gmm_build import GmmBuildConfig
+from gmmsession.algorithms.gmm_build import build_gmm as _build_gmm
 from gmmsession.algorithms.postprocess import gold_standard_fsc
 from gmmsession.algorithms.reconstruct import ReconstructConfig, reconstruct_half_maps
 from gmmsession.data.bridge import fsc_dataarray, half_maps_dataarray
 from gmmsession.data.chunks import iter_particle_chunks
 from gmmsession.data.errors import GmmsessionInputError
+from gmmsession.data.gmm import gmm_dataset
 from gmmsession.data.io.cryosparc import read_cryosparc
 from gmmsession.data.io.export import export_star as _export_star
 from gmmsession.data.io.mrc import read_map, write_map
@@ -32,7 +35,7 @@ from gmmsession.session.history import History, StepRecord, Timer, environment_v
 __all__ = ["Session"]
 
 
-def _progress_bar(total: int, desc: str, enabled: bool):
+def _progress_bar(total: int, desc: str, enabled: bool, unit: str = "particle"):
     """A tqdm.auto bar (notebook widget or terminal) or a no-op; returns (set_done, close).
 
     ``set_done(n)`` takes the cumulative count that the algorithms' progress callbacks report.
@@ -41,7 +44,7 @@ def _progress_bar(total: int, desc: str, enabled: bool):
         return (lambda n: None), (lambda: None)
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total, desc=desc, unit="particle", leave=False)
+    bar = tqdm(total=total, desc=desc, unit=unit, leave=False)
     return (lambda n_done: bar.update(n_done - bar.n)), bar.close
 
 
@@ -66,11 +69,13 @@ class Session:
         device: torch.device | str | None = None,
         history: History | None = None,
         half_maps: xr.DataArray | None = None,
+        gmm: xr.Dataset | None = None,
     ) -> None:
         self._set = particle_set
         self._device = None if device is None else torch.device(device)
         self.history = history if history is not None else History()
         self._half_maps = half_maps
+        self._gmm = gmm
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -169,6 +174,75 @@ class Session:
             {"fsc": fsc.values.tolist()},
         )
         return self.history.last()
+
+    def build_gmm(
+        self,
+        n_gaussians: int | None = None,
+        model: str | os.PathLike | None = None,
+        *,
+        resolution_angstrom: float | None = None,
+        mask: str | os.PathLike | np.ndarray | xr.DataArray | None = None,
+        seed: int = 0,
+        n_iter: int | None = None,
+        device: Any = None,
+        progress: bool = True,
+    ) -> StepRecord:
+        """Build one GMM per half map (stored in :attr:`gmm`).
+
+        Parameters
+        ----------
+        n_gaussians : number of Gaussians; ``None`` estimates it from the target resolution
+            (mean nearest-neighbour spacing, see :func:`~gmmsession.algorithms.gmm_build.estimate_n_gaussians`)
+            on half 1 and uses the same number for half 2.
+        model : PDB/mmCIF fitted to the consensus map (RELION map frame: voxel (0, 0, 0) at 0 Å):
+            one Gaussian per non-H atom, randomised independently per half at the target resolution.
+        resolution_angstrom : target resolution; default the current gold-standard resolution
+            (masked if ``mask`` is given).
+        seed : seeds K-means / model randomisation (half 2 uses ``seed + 1``: the halves never share a reference).
+        n_iter : fit steps (default of :class:`~gmmsession.algorithms.gmm_build.GmmBuildConfig`).
+        """
+        if self._half_maps is None:
+            raise RuntimeError("no half maps yet: call session.reconstruct() first")
+        dev = resolve_device(device if device is not None else self._device)
+        res = float(resolution_angstrom) if resolution_angstrom is not None else float(self.fsc(mask=mask).attrs["resolution_angstrom"])
+        if not np.isfinite(res):
+            raise RuntimeError("the half maps have no measurable resolution (FSC below 0.143 everywhere); give resolution_angstrom")
+        px = self.pixel_size_angstrom
+        n_total = 2 * (n_iter if n_iter is not None else GmmBuildConfig().n_iter)
+        update, close = _progress_bar(n_total, "build_gmm", progress, unit="step")
+        gmms, reports = [], []
+        with Timer() as t:
+            try:
+                n = n_gaussians
+                for i, h in enumerate((1, 2)):
+                    offset = i * (n_total // 2)
+                    gmm, report = _build_gmm(
+                        self._half_maps.sel(half=h).values, px, res, n_gaussians=n, model=model, seed=seed + i,
+                        n_iter=n_iter, device=dev, progress=lambda k, o=offset: update(o + k),
+                    )
+                    n = gmm.n_gaussians if model is None else None
+                    gmms.append(gmm)
+                    reports.append(report)
+            finally:
+                close()
+        self._gmm = gmm_dataset(gmms, pixel_size_angstrom=px, box_size=self.box_size, resolution_angstrom=res)
+        metrics: dict[str, Any] = {"resolution_angstrom": res, "n_gaussians": gmms[0].n_gaussians}
+        for h, r in zip((1, 2), reports):
+            metrics[f"half{h}_min_fsc"] = r.min_fsc
+            metrics[f"half{h}_mean_fsc"] = r.mean_fsc
+        self._record(
+            "build_gmm",
+            {"n_gaussians": n_gaussians, "model": _str(model), "resolution_angstrom": res, "seed": seed, "n_iter": n_iter, "device": str(dev)},
+            t,
+            metrics,
+            {f"half{h}_gmm_fsc": r.fsc.tolist() for h, r in zip((1, 2), reports)},
+        )
+        return self.history.last()
+
+    @property
+    def gmm(self) -> xr.Dataset | None:
+        """The GMMs (dims ``half``, ``gaussian``): ``position_angstrom``, ``amplitude``, ``width_angstrom``; None before :meth:`build_gmm`."""
+        return self._gmm
 
     def check_images(self, *, drop_nonfinite: bool = False, chunk_size: int = 1000) -> StepRecord:
         """Scan every particle image for NaN/Inf pixels.

@@ -160,3 +160,16 @@ def test_cryosparc_session_without_poses_fails_clearly(shared_data):
     assert s.particles.sizes["particle"] == 7
     with pytest.raises(GmmsessionInputError, match="(pose|half)"):
         s.reconstruct(progress=False)
+
+
+def test_build_gmm_per_half_saved_and_reopened(reconstructed, tmp_path):
+    s = reconstructed
+    step = s.build_gmm(n_gaussians=150, n_iter=15, progress=False)
+    g = s.gmm
+    assert g.sizes["half"] == 2 and g.sizes["gaussian"] == 150
+    assert g["width_angstrom"].attrs["units"] == "Å" and g.attrs["resolution_angstrom"] == pytest.approx(s.fsc().attrs["resolution_angstrom"])
+    # Gold standard: each half's GMM comes from its own map and seed, never a copy of the other's.
+    assert not np.allclose(g["position_angstrom"].sel(half=1).values, g["position_angstrom"].sel(half=2).values)
+    assert step.name == "build_gmm" and step.params["n_gaussians"] == 150 and len(step.curves["half1_gmm_fsc"]) > 1
+    r = gs.open_session(s.save(tmp_path / "run.gmms"))
+    xr.testing.assert_identical(r.gmm, s.gmm)
