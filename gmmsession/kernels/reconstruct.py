@@ -220,6 +220,8 @@ def backproject_slices_rfft_2d(
     # quantities are laid out point-last ((3, m), (8, m)): torch's CPU kernels are much faster
     # on long contiguous rows than on short inner dimensions.
     block = max(1, _POINTS_PER_BLOCK // max(1, flat.shape[0]))
+    # With the usual scale 1 every insertion point is inside the output radius: skip the test.
+    all_inside = bool(r2_img.max() * scale.max() ** 2 < radius_out * radius_out) if r2_img.numel() else True
     for start in range(0, n, block):
         sl = slice(start, min(n, start + block))
         vals = spectra[sl].reshape(-1, npix)[:, flat]  # (nb, m) complex
@@ -230,10 +232,10 @@ def backproject_slices_rfft_2d(
             re, im = vals.real.contiguous(), vals.imag.contiguous()
             w = torch.ones(re.shape, device=device, dtype=rdtype)
         coords = torch.matmul(rows_t[sl], jxy_t).permute(1, 0, 2).reshape(3, -1)  # (3, nb * m)
-        sc = scale[sl]
-        inside = (r2_img[None, :] * (sc * sc)[:, None] < radius_out * radius_out).reshape(-1)
         re, im, w = re.reshape(-1), im.reshape(-1), w.reshape(-1)
-        if not bool(inside.all()):
+        if not all_inside:
+            sc = scale[sl]
+            inside = (r2_img[None, :] * (sc * sc)[:, None] < radius_out * radius_out).reshape(-1)
             coords, re, im, w = coords[:, inside], re[inside], im[inside], w[inside]
         # Points with x < 0 go to their Friedel mate: negate the coordinates, conjugate the value.
         sign = 1.0 - 2.0 * (coords[0] < 0).to(rdtype)
