@@ -24,7 +24,7 @@ from gmmsession.kernels.ctf import ctf_2d
 from gmmsession.kernels.fourier import fourier_shift_rfft_2d, rfft_centered_2d, rfft_frequencies_2d
 from gmmsession.kernels.reconstruct import FourierAccumulator, backproject_slices_rfft_2d, finalise_reconstruction
 
-__all__ = ["ReconstructConfig", "backproject_chunk", "reconstruct_half_maps"]
+__all__ = ["ReconstructConfig", "backproject_chunk", "accumulate_chunk", "finalise_half_maps", "reconstruct_half_maps"]
 
 HALVES = (1, 2)
 
@@ -137,10 +137,10 @@ def backproject_chunk(
     -------
     dict mapping each half present in the chunk (1 and/or 2) to its FourierAccumulator.
     """
-    return _insert_chunk(images, params, halves, out_box, out_pixel_size, config, {})
+    return accumulate_chunk(images, params, halves, out_box, out_pixel_size, config, {})
 
 
-def _insert_chunk(
+def accumulate_chunk(
     images: torch.Tensor,
     params: ParticleTensors,
     halves: torch.Tensor,
@@ -149,6 +149,10 @@ def _insert_chunk(
     config: ReconstructConfig,
     accumulators: dict[int, FourierAccumulator],
 ) -> dict[int, FourierAccumulator]:
+    """:func:`backproject_chunk` adding into existing ``accumulators`` (half -> sums) in place.
+
+    Returns the same dict (halves seen for the first time get new accumulators).
+    """
     """:func:`backproject_chunk` adding into ``accumulators`` (created for halves missing there)."""
     if images.ndim != 3 or images.shape[-1] != images.shape[-2]:
         raise ValueError(f"images must have shape (n, b, b), got {tuple(images.shape)}")
@@ -226,20 +230,21 @@ def reconstruct_half_maps(
         torch.set_num_threads(threads)
     try:
         for images, params, halves in _prefetched(chunks, config.prefetch_chunks):
-            _insert_chunk(images, params, halves, box_size, pixel_size_angstrom, config, totals)
+            accumulate_chunk(images, params, halves, box_size, pixel_size_angstrom, config, totals)
             n_done += int(images.shape[0])
             if progress is not None:
                 progress(n_done)
-        maps = _finalise_halves(totals, box_size, pixel_size_angstrom, config)
+        maps = finalise_half_maps(totals, box_size, pixel_size_angstrom, config)
     finally:
         torch.set_num_threads(previous_threads)
     device = maps[0].device
     return torch.stack([m.to(device) for m in maps])
 
 
-def _finalise_halves(
+def finalise_half_maps(
     totals: dict[int, FourierAccumulator], box_size: int, pixel_size_angstrom: float, config: ReconstructConfig
 ) -> list[torch.Tensor]:
+    """Both half maps ``[half 1, half 2]`` from summed accumulators (an absent half gives zeros)."""
     radius = _max_radius_px(box_size, pixel_size_angstrom, config)
 
     def finalise(half: int) -> torch.Tensor:
