@@ -111,9 +111,9 @@ class GmmBuildConfig:
     estimate_tolerance: float = 0.03
     estimate_max_trials: int = 6
     nn_distance_fraction: float = 0.5
-    init_width_fraction: float = 0.3
+    init_width_fraction: float = 0.25
     min_width_angstrom: float | None = None
-    lr_position_fraction: float = 0.01
+    lr_position_fraction: float = 0.02
     lr_log_amplitude: float = 0.05
     lr_log_width: float = 0.03
     model_randomize_angstrom: float | None = None
