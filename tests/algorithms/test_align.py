@@ -99,9 +99,9 @@ def test_results_do_not_depend_on_batch_size(clean_case):
         for bs in (1, 4, 16)
     ]
     for other in runs[1:]:
-        # float32 batched matmuls round differently at another batch size; 1e-3 deg is far below any
+        # float32 batched matmuls round differently at another batch size (measured 3e-6 deg); 1e-4 deg is far below any
         # pose change the optimiser makes (0.1-1 deg per step).
-        assert float(geodesic_angle_deg(runs[0].rotation.double(), other.rotation.double()).max()) < 1e-3
+        assert float(geodesic_angle_deg(runs[0].rotation.double(), other.rotation.double()).max()) < 1e-4
         torch.testing.assert_close(other.origin_angstrom, runs[0].origin_angstrom, atol=1e-4, rtol=0)
         torch.testing.assert_close(other.score, runs[0].score, atol=1e-5, rtol=0)
 
