@@ -38,14 +38,24 @@ from gmmsession.kernels.gmm import fourier_crop_box_size, project_gaussians_rfft
 from gmmsession.kernels.rotations import quaternion_to_matrix, rotvec_to_matrix
 
 
-def matmul_rate_gflops(size: int = 2048, repeats: int = 5) -> float:
-    a = torch.randn(size, size)
-    b = torch.randn(size, size)
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_rate_gflops(size: int = 2048, repeats: int = 5, device: torch.device = torch.device("cpu")) -> float:
+    """fp32 ``torch.mm`` rate (GFLOP/s); on CUDA TF32 is left off (torch's default), i.e. true fp32."""
+    if device.type == "cuda":
+        size = 8192
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
     torch.mm(a, b)
+    _sync(device)
     best = math.inf
     for _ in range(repeats):
         t = time.perf_counter()
         torch.mm(a, b)
+        _sync(device)
         best = min(best, time.perf_counter() - t)
     return 2 * size**3 / best / 1e9
 
@@ -86,31 +96,39 @@ def main() -> None:
     parser.add_argument("--pixel", type=float, default=1.5)
     parser.add_argument("--resolution", type=float, default=4.0, help="max resolution scored (Å)")
     parser.add_argument("--n", type=int, default=64, help="particles per configuration")
-    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--batch", type=int, nargs="+", default=[16])
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (matmul rate measured on the same device)")
     args = parser.parse_args()
+    dev = torch.device(args.device)
 
-    rate = matmul_rate_gflops()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; fp32 torch.mm rate: {rate:.1f} GFLOP/s")
-    config = AlignConfig(max_resolution_angstrom=args.resolution, batch_size=args.batch)
-    print(f"config: {config}")
-    for box in args.boxes:
+    rate = matmul_rate_gflops(device=dev)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {dev}; fp32 torch.mm rate: {rate:.1f} GFLOP/s")
+    for box, g, batch in [(b, g, bs) for b in args.boxes for g in args.gaussians for bs in args.batch]:
+        config = AlignConfig(max_resolution_angstrom=args.resolution, batch_size=batch)
         crop = fourier_crop_box_size(box, args.pixel, 1.0 / args.resolution)
         k = crop // 2 + 1
-        for g in args.gaussians:
+        if True:
             chunk, gmm = make_case(box, args.pixel, g, args.n)
-            refine_poses([ParticleChunk(chunk.positions[:args.batch], chunk.images[:args.batch],
-                                        ParticleTensors(**{f: v[:args.batch] for f, v in vars(chunk.params).items()}),
-                                        chunk.halves[:args.batch])], {1: gmm}, args.pixel, config)  # warm-up
+            chunk = ParticleChunk(chunk.positions, chunk.images.to(dev), ParticleTensors(**{f: v.to(dev) for f, v in vars(chunk.params).items()}), chunk.halves.to(dev))
+            gmm = tuple(t.to(dev) for t in gmm)
+            refine_poses([ParticleChunk(chunk.positions[:batch], chunk.images[:batch],
+                                        ParticleTensors(**{f: v[:batch] for f, v in vars(chunk.params).items()}),
+                                        chunk.halves[:batch])], {1: gmm}, args.pixel, config)  # warm-up
+            if dev.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(dev)
+            _sync(dev)
             t = time.perf_counter()
             up = refine_poses([chunk], {1: gmm}, args.pixel, config)
+            _sync(dev)
             dt = time.perf_counter() - t
+            mem = f", peak GPU memory {torch.cuda.max_memory_allocated(dev) / 2**30:.2f} GiB" if dev.type == "cuda" else ""
             flops = args.n * (3 * config.n_steps + 1) * 2 * (2 * k) ** 2 * g
             achieved = flops / dt / 1e9
             print(
-                f"box {box:4d} (crop {crop} for {args.resolution} Å at {args.pixel} Å/px), G {g:5d}: "
+                f"batch {batch}: box {box:4d} (crop {crop} for {args.resolution} Å at {args.pixel} Å/px), G {g:5d}: "
                 f"{args.n / dt:7.1f} particles/s, {achieved:6.1f} GFLOP/s = {100 * achieved / rate:5.1f} % of torch.mm; "
                 f"median angle change {float(up.angle_change_deg.median()):.2f} deg, "
-                f"score {float(up.initial_score.mean()):.3f} -> {float(up.score.mean()):.3f}",
+                f"score {float(up.initial_score.mean()):.3f} -> {float(up.score.mean()):.3f}{mem}",
                 flush=True,
             )
 
