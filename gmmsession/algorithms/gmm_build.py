@@ -301,8 +301,8 @@ def estimate_n_gaussians(
 
     The statistic is the mean nearest-neighbour distance ``D(N)`` of the K-means centres
     (:func:`kmeans_centres` on a density-weighted subsample of at most
-    ``max(max_samples, 10 N)`` points). Start: ``N0 = V / d^3`` with ``V`` the volume above
-    the threshold and ``d`` the resolution; then secant steps in ``(log N, log D)`` (slope
+    ``max(max_samples, 5 N)`` points). Start: ``N0 = V / (2 d^3)`` with ``V`` the volume above
+    the threshold and ``d`` the target spacing; then secant steps in ``(log N, log D)`` (slope
     ``-1/3`` first, the measured slope afterwards, clamped to ``[-1, -0.1]``) until
     ``|D / d - 1| <= tolerance`` or ``max_trials`` fits were made. Returns the N of the last
     step's prediction (or of the trial that met the tolerance).
@@ -332,11 +332,12 @@ def estimate_n_gaussians(
     if nn_distance_fraction <= 0:
         raise ValueError(f"nn_distance_fraction must be > 0, got {nn_distance_fraction}")
     d = float(resolution_angstrom) * nn_distance_fraction
-    n = int(np.clip(round(n_above * pixel_size_angstrom**3 / d**3), 2, n_above))
+    # K-means centres in a solid region sit about 1.25 (V / N)^(1/3) apart: start at N0 = V / (2 d^3).
+    n = int(np.clip(round(0.5 * n_above * pixel_size_angstrom**3 / d**3), 2, n_above))
     trials: list[tuple[int, float]] = []
     slope = -1.0 / 3.0
     for _ in range(max_trials):
-        points, weights = _voxel_cloud(vol, pixel_size_angstrom, t, max(max_samples, 10 * n), rng)
+        points, weights = _voxel_cloud(vol, pixel_size_angstrom, t, max(max_samples, 5 * n), rng)
         n_fit = min(n, points.shape[0])
         centres = torch.as_tensor(_kmeans(points, weights, n_fit, seed, max_iter))
         dist = float(nearest_neighbour_distances(centres).mean())
