@@ -21,7 +21,8 @@ The paper's "Construction of Gaussian model", step by step:
    on a Fourier-cropped grid holding only the shells up to the target resolution (so the
    cost follows the resolution, not the box): Adam on the per-shell relative squared error
    of :func:`~gmmsession.kernels.gmm_fit.fourier_fit_loss` (an FSC-like loss, every shell
-   up to the resolution weighs the same). Parameterisation: positions in Å; amplitudes
+   up to the resolution weighs the same); optionally coarse to fine (``coarse_fraction``), off by
+   default. Parameterisation: positions in Å; amplitudes
    ``A = exp(a)``; widths ``sigma = sigma_min + exp(w)`` (bounded below by ``sigma_min``,
    default half a voxel). Fresh seeds start with equal amplitudes (their least-squares scale)
    and equal widths (``init_width_fraction * resolution``), as in the paper; learning rates
@@ -100,6 +101,12 @@ class GmmBuildConfig:
         atoms seeded from a model; ``None``: ``resolution / (pi sqrt 2)``; 0: none.
     include_water : seed Gaussians on water oxygens too.
     chunk_size : Gaussians per contraction in the Fourier transform (memory ``b^2 * chunk_size``).
+    coarse_fraction, coarse_resolution_factor : the first ``coarse_fraction`` of the steps fit
+        only the shells up to ``coarse_resolution_factor * resolution`` (a grid about 8 times
+        smaller for the factor 2: cheap steps that place the Gaussians), the rest all shells up
+        to the resolution. Skipped when the coarse resolution leaves fewer than 2 shells. Off
+        by default: measured at equal step counts it saved little time (the fine steps dominate)
+        and ended at a lower FSC (last shell 0.93 vs 0.94 on the simulated test map).
     """
 
     n_iter: int = 200
@@ -119,6 +126,8 @@ class GmmBuildConfig:
     model_randomize_angstrom: float | None = None
     include_water: bool = False
     chunk_size: int = 1024
+    coarse_fraction: float = 0.0
+    coarse_resolution_factor: float = 2.0
 
     def __post_init__(self) -> None:
         if self.n_iter < 0:
@@ -127,6 +136,10 @@ class GmmBuildConfig:
             raise ValueError(f"mass_fraction must be in (0, 1], got {self.mass_fraction}")
         if self.max_kmeans_samples < 10 or self.kmeans_max_iter < 1 or self.estimate_max_trials < 1:
             raise ValueError("max_kmeans_samples >= 10, kmeans_max_iter >= 1 and estimate_max_trials >= 1 are required")
+        if not 0 <= self.coarse_fraction < 1 or self.coarse_resolution_factor < 1:
+            raise ValueError(
+                f"need 0 <= coarse_fraction < 1 and coarse_resolution_factor >= 1, got {self.coarse_fraction}, {self.coarse_resolution_factor}"
+            )
         if self.nn_distance_fraction <= 0:
             raise ValueError(f"nn_distance_fraction must be > 0, got {self.nn_distance_fraction}")
         if self.init_width_fraction <= 0 or self.lr_position_fraction < 0 or self.lr_log_amplitude < 0 or self.lr_log_width < 0:
@@ -296,7 +309,8 @@ def estimate_n_gaussians(
     max_trials: int = 6,
     nn_distance_fraction: float = 1.0,
     return_trials: bool = False,
-) -> int | tuple[int, list[tuple[int, float]]]:
+    _return_centres: bool = False,
+) -> int | tuple[int, list[tuple[int, float]]] | tuple[int, list[tuple[int, float]], torch.Tensor | None]:
     """Number of Gaussians whose K-means centres are ``resolution_angstrom`` apart on average.
 
     The statistic is the mean nearest-neighbour distance ``D(N)`` of the K-means centres
@@ -335,6 +349,7 @@ def estimate_n_gaussians(
     # K-means centres in a solid region sit about 1.25 (V / N)^(1/3) apart: start at N0 = V / (2 d^3).
     n = int(np.clip(round(0.5 * n_above * pixel_size_angstrom**3 / d**3), 2, n_above))
     trials: list[tuple[int, float]] = []
+    centres_of: dict[int, torch.Tensor] = {}
     slope = -1.0 / 3.0
     for _ in range(max_trials):
         points, weights = _voxel_cloud(vol, pixel_size_angstrom, t, max(max_samples, 5 * n), rng)
@@ -342,6 +357,7 @@ def estimate_n_gaussians(
         centres = torch.as_tensor(_kmeans(points, weights, n_fit, seed, max_iter))
         dist = float(nearest_neighbour_distances(centres).mean())
         trials.append((n_fit, dist))
+        centres_of = {n_fit: centres}  # keep only the latest fit's centres
         if abs(dist / d - 1) <= tolerance:
             n = n_fit
             break
@@ -354,6 +370,8 @@ def estimate_n_gaussians(
             n = new_n
             break
         n = new_n
+    if _return_centres:  # build_gmm seeds with the last fit's centres when its N is the answer
+        return n, trials, centres_of.get(n)
     return (n, trials) if return_trials else n
 
 
@@ -379,6 +397,8 @@ def model_centres(
     map_origin_angstrom : model coordinates (Å) of voxel index ``(0, 0, 0)`` as
         :func:`~gmmsession.data.io.mrc.read_map_with_origin` returns them; ``None``: ``(0, 0, 0)``
         (maps written by RELION and gmmsession: the model frame starts at the map's corner).
+        Models already centred on voxel ``box // 2`` (the simulator's ``truth/model.pdb``) take
+        ``-(box // 2) * pixel`` on each axis.
     randomize_angstrom : per-axis standard deviation of the displacement (Å); ``None``:
         ``resolution / (pi sqrt 2)`` (module docstring); 0: no displacement.
     include_water : keep water oxygens (only for paths and AtomicModel inputs).
@@ -461,15 +481,28 @@ def fit_gmm(
     box = int(vol.shape[-1])
     if initial.n_gaussians < 1:
         raise ValueError("the initial GMM has no Gaussians")
-    b = fit_box_size(box, pixel_size_angstrom, resolution_angstrom)
-    s_max = max_shell_for_resolution(box, pixel_size_angstrom, resolution_angstrom)
-    target = crop_rfft_3d(rfft_centered_3d(vol), box, b)
-    weights = shell_weights_rfft_3d(target, s_max)
+    full_spectrum = rfft_centered_3d(vol)
+
+    def stage(res: float) -> tuple[int, int, torch.Tensor, torch.Tensor]:
+        """Cropped box, last shell, cropped map spectrum and loss weights for a resolution."""
+        b_res = fit_box_size(box, pixel_size_angstrom, res)
+        s_res = max_shell_for_resolution(box, pixel_size_angstrom, res)
+        spec = crop_rfft_3d(full_spectrum, box, b_res)
+        return b_res, s_res, spec, shell_weights_rfft_3d(spec, s_res)
+
+    b, s_max, target, weights = stage(resolution_angstrom)
+    fine = (b, target, weights)
+    coarse_res = cfg.coarse_resolution_factor * resolution_angstrom
+    n_coarse = int(round(cfg.coarse_fraction * steps))
+    coarse = None
+    if n_coarse > 0 and max_shell_for_resolution(box, pixel_size_angstrom, coarse_res) >= 2:
+        b_c, _, target_c, weights_c = stage(coarse_res)
+        coarse = (b_c, target_c, weights_c)
     sigma_min = 0.5 * pixel_size_angstrom if cfg.min_width_angstrom is None else float(cfg.min_width_angstrom)
     init = initial.to(dev, torch.float32)
 
-    def spectrum(pos: torch.Tensor, amp: torch.Tensor, sig: torch.Tensor) -> torch.Tensor:
-        return gaussians_rfft_3d_cropped(pos, amp, sig, box, pixel_size_angstrom, b, cfg.chunk_size)
+    def spectrum(pos: torch.Tensor, amp: torch.Tensor, sig: torch.Tensor, box_out: int | None = None) -> torch.Tensor:
+        return gaussians_rfft_3d_cropped(pos, amp, sig, box, pixel_size_angstrom, box_out or b, cfg.chunk_size)
 
     pos0 = init.positions_angstrom.clone()
     if fresh:
@@ -501,18 +534,18 @@ def fit_gmm(
         ]
     )
     base_lr = [g["lr"] for g in opt.param_groups]
-    loss_initial = float("nan")
+    with torch.no_grad():
+        loss_initial = float(fourier_fit_loss(spectrum(pos, torch.exp(log_amp), sigma_min + torch.exp(log_wid)), target, weights))
     report_every = max(1, steps // 50)
     for it in range(steps):
         frac = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * it / max(steps, 1)))
         for g, lr in zip(opt.param_groups, base_lr):
             g["lr"] = lr * frac
+        box_out, spec, w = coarse if (coarse is not None and it < n_coarse) else fine
         opt.zero_grad(set_to_none=True)
-        loss = fourier_fit_loss(spectrum(pos, torch.exp(log_amp), sigma_min + torch.exp(log_wid)), target, weights)
+        loss = fourier_fit_loss(spectrum(pos, torch.exp(log_amp), sigma_min + torch.exp(log_wid), box_out), spec, w)
         loss.backward()
         opt.step()
-        if it == 0:
-            loss_initial = float(loss.detach())
         if progress is not None and ((it + 1) % report_every == 0 or it + 1 == steps):
             progress(it + 1)
 
@@ -521,8 +554,6 @@ def fit_gmm(
         final = spectrum(fitted.positions_angstrom, fitted.amplitudes, fitted.widths_angstrom)
         loss_final = float(fourier_fit_loss(final, target, weights))
         fsc = shell_correlation_rfft_3d(final, target)[..., : s_max + 1].cpu().numpy()
-    if steps == 0:
-        loss_initial = loss_final
     inner = fsc[1:] if s_max >= 1 else fsc
     metrics: dict[str, object] = {
         "loss_initial": loss_initial,
@@ -561,7 +592,8 @@ def build_gmm(
     nothing is re-seeded), ``model`` (one Gaussian per non-H atom, randomised at
     ``resolution_angstrom``; ``n_gaussians`` must be ``None`` or the atom count), else K-means
     of the voxels above the density threshold with ``n_gaussians`` centres, estimated by
-    :func:`estimate_n_gaussians` when ``None``. Then :func:`fit_gmm`.
+    :func:`estimate_n_gaussians` when ``None`` (the estimate's last K-means fit then seeds the
+    GMM directly when its N is the answer, saving one K-means). Then :func:`fit_gmm`.
 
     Parameters
     ----------
@@ -615,8 +647,9 @@ def build_gmm(
     else:
         seeding, fresh = "kmeans", True
         threshold = density_threshold(vol_cpu, cfg.noise_sigmas, cfg.mass_fraction) if cfg.threshold is None else float(cfg.threshold)
+        centres = None
         if n_gaussians is None:
-            n_gaussians, trials = estimate_n_gaussians(
+            n_gaussians, trials, centres = estimate_n_gaussians(  # type: ignore[misc]
                 vol_cpu,
                 pixel_size_angstrom,
                 resolution_angstrom,
@@ -625,11 +658,13 @@ def build_gmm(
                 tolerance=cfg.estimate_tolerance,
                 max_trials=cfg.estimate_max_trials,
                 nn_distance_fraction=cfg.nn_distance_fraction,
-                return_trials=True,
+                max_iter=cfg.kmeans_max_iter,
+                _return_centres=True,
             )
-        centres = kmeans_centres(
-            vol_cpu, pixel_size_angstrom, int(n_gaussians), threshold, seed=seed, max_samples=cfg.max_kmeans_samples, max_iter=cfg.kmeans_max_iter
-        )
+        if centres is None:
+            centres = kmeans_centres(
+                vol_cpu, pixel_size_angstrom, int(n_gaussians), threshold, seed=seed, max_samples=cfg.max_kmeans_samples, max_iter=cfg.kmeans_max_iter
+            )
         start = GmmTensors(centres, torch.ones(centres.shape[0], dtype=centres.dtype), torch.ones(centres.shape[0], dtype=centres.dtype))
     t_seed = time.perf_counter() - t0
     fitted, metrics = fit_gmm(
