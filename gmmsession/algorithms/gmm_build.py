@@ -311,13 +311,17 @@ def estimate_n_gaussians(
     return_trials: bool = False,
     _return_centres: bool = False,
 ) -> int | tuple[int, list[tuple[int, float]]] | tuple[int, list[tuple[int, float]], torch.Tensor | None]:
-    """Number of Gaussians whose K-means centres are ``resolution_angstrom`` apart on average.
+    """Number of Gaussians whose K-means centres are ``nn_distance_fraction * resolution_angstrom`` apart on average.
+
+    The default fraction 1 is the paper's rule; :func:`build_gmm` uses
+    ``GmmBuildConfig.nn_distance_fraction`` (0.5, see there).
 
     The statistic is the mean nearest-neighbour distance ``D(N)`` of the K-means centres
     (:func:`kmeans_centres` on a density-weighted subsample of at most
     ``max(max_samples, 5 N)`` points). Start: ``N0 = V / (2 d^3)`` with ``V`` the volume above
     the threshold and ``d`` the target spacing; then secant steps in ``(log N, log D)`` (slope
-    ``-1/3`` first, the measured slope afterwards, clamped to ``[-1, -0.1]``) until
+    ``-1/3`` first, afterwards the one measured between the last two trials when their N
+    differ by more than 20 %, clamped to ``[-1, -0.1]``) until
     ``|D / d - 1| <= tolerance`` or ``max_trials`` fits were made. Returns the N of the last
     step's prediction (or of the trial that met the tolerance).
 
@@ -363,7 +367,8 @@ def estimate_n_gaussians(
             break
         if len(trials) >= 2:
             (n0, d0), (n1, d1) = trials[-2], trials[-1]
-            if n0 != n1 and d0 > 0 and d1 > 0 and d0 != d1:
+            # the measured slope only between clearly different N (K-means noise swamps small steps)
+            if abs(math.log(n1 / n0)) > 0.2 and d0 > 0 and d1 > 0 and d0 != d1:
                 slope = float(np.clip(math.log(d1 / d0) / math.log(n1 / n0), -1.0, -0.1))
         new_n = int(np.clip(round(n_fit * (d / dist) ** (1.0 / slope)), 2, n_above))
         if new_n == n_fit:
