@@ -209,3 +209,12 @@ def test_bad_arguments_are_refused():
         GmmBuildConfig(mass_fraction=0.0)
     with pytest.raises(ValueError, match="nn_distance_fraction"):
         GmmBuildConfig(nn_distance_fraction=-1.0)
+
+
+def test_map_origin_from_header_origin_or_nstart(shared_data):
+    # EMD-3197: origin field 0, nxstart = -2 (voxel 11.4 Å): the first voxel sits at x = -22.8 Å
+    _, px, origin = read_map_with_origin(shared_data / "maps" / "EMD-3197.map")
+    np.testing.assert_allclose(origin, [-2 * px, 0.0, 0.0])
+    # 1ake.mrc: origin field -64 Å on each axis, nstart 0
+    _, _, origin = read_map_with_origin(shared_data / "maps" / "1ake.mrc")
+    np.testing.assert_array_equal(origin, [-64.0, -64.0, -64.0])
