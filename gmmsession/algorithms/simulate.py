@@ -365,19 +365,22 @@ def simulate(
     particles_star = write_star_blocks(out / "particles.star", {"optics": optics, "particles": particles})
     truth_particles = particles.assign(rlnGmmHingeAngle=hinge.numpy())
     truth_star = write_star_blocks(truth / "truth_particles.star", {"optics": optics, "particles": truth_particles})
+    truth_arrays = dict(
+        euler_deg=euler.numpy(),
+        rotations=rotations.numpy(),
+        origins_angstrom=origins.numpy(),
+        hinge_angle_deg=hinge.numpy(),
+        half=half.numpy(),
+        defocus_u_angstrom=dfu.numpy(),
+        defocus_v_angstrom=dfv.numpy(),
+        defocus_angle_deg=dfang.numpy(),
+    )
     truth_npz = truth / "truth.npz"
     with atomic_path(truth_npz, suffix=".npz") as tmp:
         with open(tmp, "wb") as fh:
             np.savez(
                 fh,
-                euler_deg=euler.numpy(),
-                rotations=rotations.numpy(),
-                origins_angstrom=origins.numpy(),
-                hinge_angle_deg=hinge.numpy(),
-                half=half.numpy(),
-                defocus_u_angstrom=dfu.numpy(),
-                defocus_v_angstrom=dfv.numpy(),
-                defocus_angle_deg=dfang.numpy(),
+                **truth_arrays,
                 atom_positions_angstrom=protein.positions_angstrom,
                 atom_amplitudes=amp64.numpy(),
                 atom_sigmas_angstrom=sig64.numpy(),
@@ -431,14 +434,7 @@ def simulate(
         truth_npz=truth_npz,
         model_pdb=model_pdb,
         parameters_json=parameters_json,
-        euler_deg=euler.numpy(),
-        rotations=rotations.numpy(),
-        origins_angstrom=origins.numpy(),
-        hinge_angle_deg=hinge.numpy(),
-        half=half.numpy(),
-        defocus_u_angstrom=dfu.numpy(),
-        defocus_v_angstrom=dfv.numpy(),
-        defocus_angle_deg=dfang.numpy(),
+        **truth_arrays,
         signal_variance=signal_variance,
         noise_std=noise_std,
     )

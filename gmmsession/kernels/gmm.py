@@ -235,6 +235,24 @@ def project_gaussians_rfft_2d(
     return torch.cat([positive, negative.flip(-2)], dim=-2)
 
 
+def _flatten_batched_gaussians(
+    positions_angstrom: torch.Tensor, amplitudes: torch.Tensor, sigmas_angstrom: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Size]:
+    """Check ``(..., G, 3)``, ``(..., G)``, ``(..., G)`` and flatten the leading dims: ``(B, G, 3)``, ``(B, G)``, ``(B, G)``, lead."""
+    if positions_angstrom.ndim < 2 or positions_angstrom.shape[-1] != 3:
+        raise ValueError(f"positions_angstrom must have shape (..., G, 3), got {tuple(positions_angstrom.shape)}")
+    lead = positions_angstrom.shape[:-1]
+    if amplitudes.shape != lead or sigmas_angstrom.shape != lead:
+        raise ValueError(
+            f"amplitudes {tuple(amplitudes.shape)} and sigmas_angstrom {tuple(sigmas_angstrom.shape)} must have shape {tuple(lead)}"
+        )
+    dtype = positions_angstrom.dtype if positions_angstrom.is_floating_point() else torch.get_default_dtype()
+    pos = positions_angstrom.to(dtype).reshape(-1, lead[-1], 3)
+    amp = amplitudes.to(pos).reshape(-1, lead[-1])
+    sig = sigmas_angstrom.to(pos).reshape(-1, lead[-1])
+    return pos, amp, sig, lead
+
+
 def _render_axis(n_vox: int, pixel_size_angstrom: float, coords: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
     """Real-space 1D Gaussians ``exp(-(u - c_j)^2 / (2 sigma_j^2))`` on voxel centres: (n_vox, G)."""
     u = (torch.arange(n_vox, device=coords.device, dtype=coords.dtype) - real_space_center_index(n_vox)) * pixel_size_angstrom
@@ -267,20 +285,10 @@ def render_gaussians_3d(
     (..., box, box, box) real tensor indexed ``[z, y, x]``; undersampled Gaussians
     (``sigma`` below about a voxel) alias, see :func:`gaussians_rfft_3d` for the band-limited map.
     """
-    if positions_angstrom.ndim < 2 or positions_angstrom.shape[-1] != 3:
-        raise ValueError(f"positions_angstrom must have shape (..., G, 3), got {tuple(positions_angstrom.shape)}")
-    lead = positions_angstrom.shape[:-1]
-    if amplitudes.shape != lead or sigmas_angstrom.shape != lead:
-        raise ValueError(
-            f"amplitudes {tuple(amplitudes.shape)} and sigmas_angstrom {tuple(sigmas_angstrom.shape)} must have shape {tuple(lead)}"
-        )
-    dtype = positions_angstrom.dtype if positions_angstrom.is_floating_point() else torch.get_default_dtype()
-    pos = positions_angstrom.to(dtype).reshape(-1, lead[-1], 3)
-    amp = amplitudes.to(pos).reshape(-1, lead[-1])
-    sig = sigmas_angstrom.to(pos).reshape(-1, lead[-1])
+    pos, amp, sig, lead = _flatten_batched_gaussians(positions_angstrom, amplitudes, sigmas_angstrom)
     out = []
     for p, a, s in zip(pos, amp, sig):
-        vol = torch.zeros(box_size * box_size, box_size, dtype=dtype, device=pos.device)
+        vol = torch.zeros(box_size * box_size, box_size, dtype=pos.dtype, device=pos.device)
         for start in range(0, p.shape[0], chunk_size):
             sl = slice(start, start + chunk_size)
             gx = _render_axis(box_size, pixel_size_angstrom, p[sl, 0], s[sl])
@@ -318,17 +326,7 @@ def gaussians_rfft_3d(
     -------
     (..., box, box, box // 2 + 1) complex tensor, indexed ``[kz, ky, kx]``.
     """
-    if positions_angstrom.ndim < 2 or positions_angstrom.shape[-1] != 3:
-        raise ValueError(f"positions_angstrom must have shape (..., G, 3), got {tuple(positions_angstrom.shape)}")
-    lead = positions_angstrom.shape[:-1]
-    if amplitudes.shape != lead or sigmas_angstrom.shape != lead:
-        raise ValueError(
-            f"amplitudes {tuple(amplitudes.shape)} and sigmas_angstrom {tuple(sigmas_angstrom.shape)} must have shape {tuple(lead)}"
-        )
-    dtype = positions_angstrom.dtype if positions_angstrom.is_floating_point() else torch.get_default_dtype()
-    pos = positions_angstrom.to(dtype).reshape(-1, lead[-1], 3)
-    amp = amplitudes.to(pos).reshape(-1, lead[-1])
-    sig = sigmas_angstrom.to(pos).reshape(-1, lead[-1])
+    pos, amp, sig, lead = _flatten_batched_gaussians(positions_angstrom, amplitudes, sigmas_angstrom)
     nh = box_size // 2 + 1
     spacing = 1.0 / (box_size * pixel_size_angstrom)
     full = _frequency_indices(box_size, rfft=False, like=pos)
