@@ -51,11 +51,18 @@ from gmmsession.kernels.fourier import rfft_centered_2d, rfft_frequencies_2d
 from gmmsession.kernels.fsc import shell_index_rfft
 from gmmsession.kernels.gmm import fourier_crop_box_size, project_gaussians_rfft_2d
 from gmmsession.kernels.rotations import geodesic_angle_deg, rotvec_to_matrix
-from gmmsession.kernels.scoring import crop_rfft_2d, frc_band_score, phase_flipped_spectra, ring_band_weights
+from gmmsession.kernels.scoring import (
+    crop_rfft_2d,
+    frc_band_score,
+    phase_flipped_spectra,
+    pooled_band_correlation,
+    ring_band_weights,
+)
 
 __all__ = ["AlignConfig", "PoseUpdate", "refine_poses_chunk", "refine_poses", "concat_pose_updates"]
 
 SCORINGS = ("frc", "ctf_exact")
+BAND_AVERAGES = ("ring", "pooled")
 
 
 @dataclass(frozen=True)
@@ -82,6 +89,11 @@ class AlignConfig:
     scoring : ``"frc"`` or ``"ctf_exact"``
         ``"frc"``: the paper's: images phase-flipped once, FRC against the plain projection.
         ``"ctf_exact"``: the projection multiplied by each particle's CTF, against the raw image.
+    band_average : ``"ring"`` or ``"pooled"``
+        ``"ring"``: the paper's mean of per-ring FRCs (:func:`~gmmsession.kernels.scoring.frc_band_score`).
+        ``"pooled"``: one correlation over all scored rings
+        (:func:`~gmmsession.kernels.scoring.pooled_band_correlation`), which weights rings by
+        their signal; with ``scoring="ctf_exact"`` it is the white-noise least-squares fit.
     max_angle_deg : float or None
         Trust region: iterates are kept within this rotation angle of the start.
     max_shift_angstrom : float or None
@@ -99,6 +111,7 @@ class AlignConfig:
     max_resolution_angstrom: float | None = None
     min_resolution_angstrom: float | None = 40.0
     scoring: str = "frc"
+    band_average: str = "ring"
     max_angle_deg: float | None = None
     max_shift_angstrom: float | None = None
     length_scale_angstrom: float | None = None
@@ -108,6 +121,8 @@ class AlignConfig:
     def __post_init__(self) -> None:
         if self.scoring not in SCORINGS:
             raise ValueError(f"scoring must be one of {SCORINGS}, got {self.scoring!r}")
+        if self.band_average not in BAND_AVERAGES:
+            raise ValueError(f"band_average must be one of {BAND_AVERAGES}, got {self.band_average!r}")
         if self.n_steps < 0 or self.batch_size < 1:
             raise ValueError(f"need n_steps >= 0 and batch_size >= 1, got {self.n_steps}, {self.batch_size}")
         if not self.learning_rate > 0 or not 0 < self.final_lr_fraction <= 1:
@@ -285,12 +300,14 @@ def _refine_batch(
     max_angle = None if config.max_angle_deg is None else math.radians(config.max_angle_deg)
     max_u = None if config.max_shift_angstrom is None else config.max_shift_angstrom / length
 
+    band_score = frc_band_score if config.band_average == "ring" else pooled_band_correlation
+
     def score_of(t: torch.Tensor) -> torch.Tensor:
         rot = rotvec_to_matrix(t[:, :3]) @ rot0
         proj = project_gaussians_rfft_2d(pos, amp, sig, rot, shift0 + t[:, 3:] * length, box, pixel_size_angstrom, max_frequency)
         if ctf is not None:
             proj = proj * ctf
-        return frc_band_score(proj, spectra, ring_index, weights)
+        return band_score(proj, spectra, ring_index, weights)
 
     best_theta = torch.zeros(m, 5, device=spectra.device, dtype=rot0.dtype)
     best = initial = None

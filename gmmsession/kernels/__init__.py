@@ -74,7 +74,14 @@ from gmmsession.kernels.gmm_fit import (
     shell_correlation_rfft_3d,
     shell_weights_rfft_3d,
 )
-from gmmsession.kernels.scoring import crop_rfft_2d, frc_band_score, frc_per_ring, phase_flipped_spectra, ring_band_weights
+from gmmsession.kernels.scoring import (
+    crop_rfft_2d,
+    frc_band_score,
+    frc_per_ring,
+    phase_flipped_spectra,
+    pooled_band_correlation,
+    ring_band_weights,
+)
 
 __all__ = [
     "bfactor_to_sigma_angstrom", "euler_relion_to_matrix", "matrix_to_euler_relion", "sigma_angstrom_to_bfactor",
@@ -90,5 +97,5 @@ __all__ = [
     "prepare_volume_for_projection", "project_slices_rfft_2d", "project_volume",
     "FourierAccumulator", "backproject_slices_rfft_2d", "finalise_reconstruction", "soft_mask_outside_sphere",
     "geodesic_angle_deg", "matrix_to_quaternion", "matrix_to_rotvec", "quaternion_to_matrix", "rotvec_to_matrix",
-    "crop_rfft_3d", "fit_box_size", "fourier_fit_loss", "gaussians_rfft_3d_cropped", "max_shell_for_resolution", "nearest_neighbour_distances", "shell_correlation_rfft_3d", "shell_weights_rfft_3d", "crop_rfft_2d", "frc_band_score", "frc_per_ring", "phase_flipped_spectra", "ring_band_weights",
+    "crop_rfft_3d", "fit_box_size", "fourier_fit_loss", "gaussians_rfft_3d_cropped", "max_shell_for_resolution", "nearest_neighbour_distances", "shell_correlation_rfft_3d", "shell_weights_rfft_3d", "crop_rfft_2d", "frc_band_score", "frc_per_ring", "phase_flipped_spectra", "pooled_band_correlation", "ring_band_weights",
 ]

@@ -65,10 +65,10 @@ def _to(params: ParticleTensors, device) -> ParticleTensors:
 CONFIG = AlignConfig(max_resolution_angstrom=4.0)
 
 
-@pytest.mark.parametrize("scoring", ["frc", "ctf_exact"])
-def test_converges_from_3deg_1px(clean_case, device, scoring):
+@pytest.mark.parametrize("scoring,band_average", [("frc", "ring"), ("ctf_exact", "ring"), ("ctf_exact", "pooled")])
+def test_converges_from_3deg_1px(clean_case, device, scoring, band_average):
     c = clean_case
-    config = AlignConfig(max_resolution_angstrom=4.0, scoring=scoring)
+    config = AlignConfig(max_resolution_angstrom=4.0, scoring=scoring, band_average=band_average)
     gmm = tuple(t.to(device) for t in c["gmm"])
     up = refine_poses_chunk(c["images"].to(device), _to(c["params"], device), *gmm, PIXEL, config)
     err = geodesic_angle_deg(up.rotation.cpu().double(), c["rot"])

@@ -136,3 +136,23 @@ def test_gradient_finite_and_ascends_to_truth(device):
             dshift += 0.05 * torch.nn.functional.normalize(dshift.grad, dim=-1)
     assert bool((scores[-1] > scores[0] + 0.01).all())
     assert bool((delta.detach().norm(dim=-1) < math.radians(4.0)).all())  # moved toward delta = 0
+
+
+def test_pooled_band_correlation_weights_rings_by_signal():
+    from gmmsession.kernels.fsc import shell_index_rfft
+    from gmmsession.kernels.scoring import frc_band_score, pooled_band_correlation, ring_band_weights
+
+    box, px = 32, 2.0
+    g = torch.Generator().manual_seed(3)
+    p = torch.complex(torch.randn(4, box, box // 2 + 1, generator=g), torch.randn(4, box, box // 2 + 1, generator=g))
+    ring = shell_index_rfft(box, 2)
+    w = ring_band_weights(box, px, 40.0, 5.0)
+    assert torch.allclose(pooled_band_correlation(p, p, ring, w), torch.ones(4), atol=1e-5)
+    assert torch.allclose(pooled_band_correlation(p, 3.0 * p, ring, w), torch.ones(4), atol=1e-5)  # a global scale does not matter
+    # A per-ring filter leaves the FRC at 1 but lowers the pooled correlation: rings are weighted by their power.
+    filt = torch.exp(-ring.float() / 3.0)
+    assert torch.allclose(frc_band_score(p, p * filt, ring, w), torch.ones(4), atol=1e-5)
+    assert bool((pooled_band_correlation(p, p * filt, ring, w) < 0.99).all())
+    noise = torch.complex(torch.randn(4, box, box // 2 + 1, generator=g), torch.randn(4, box, box // 2 + 1, generator=g))
+    # Independent noise: |correlation| ~ 1/sqrt(number of scored elements) (~0.05 here); 0.2 is 4 sigma.
+    assert bool((pooled_band_correlation(p, noise, ring, w).abs() < 0.2).all())
