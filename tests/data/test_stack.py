@@ -111,3 +111,17 @@ def test_stack_shape(tmp_path):
     write_stack(tmp_path / "s.mrcs", random_images(3, 12))
     assert stack_shape(tmp_path / "s.mrcs") == (3, 12, 12)
     assert stack_shape(tmp_path / "absent.mrcs") is None
+
+
+def test_only_mrcfile_runtime_warnings_count_as_header_problems():
+    """A library's deprecation warning while reading is re-issued as itself, not reported as a header problem."""
+    import warnings
+
+    from gmmsession.data.io.mrc import header_problems
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warnings.warn("Map ID string not found", RuntimeWarning)
+        warnings.warn("numpy would like you to use x.view", DeprecationWarning)
+    with pytest.warns(DeprecationWarning, match="x.view"):
+        assert header_problems(caught) == ["Map ID string not found"]

@@ -17,11 +17,26 @@ import numpy as np
 from gmmsession.data.errors import GmmsessionInputError
 from gmmsession.data.io._atomic import atomic_path
 
-__all__ = ["read_map", "read_map_with_origin", "write_map", "MrcHeaderWarning"]
+__all__ = ["read_map", "read_map_with_origin", "write_map", "MrcHeaderWarning", "header_problems"]
 
 
 class MrcHeaderWarning(UserWarning):
     """An MRC header is missing or contradicts the metadata; the metadata was used."""
+
+
+def header_problems(caught: list[warnings.WarningMessage]) -> list[str]:
+    """Messages of the header problems among warnings recorded while mrcfile opened a file.
+
+    mrcfile reports a permissive read's header problems as ``RuntimeWarning``; any other
+    warning (e.g. a library deprecation) is not about the file and is re-issued unchanged.
+    """
+    problems = []
+    for w in caught:
+        if issubclass(w.category, RuntimeWarning):
+            problems.append(str(w.message))
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return problems
 
 
 def read_map(path: str | os.PathLike, pixel_size_angstrom: float | None = None) -> tuple[np.ndarray, float]:
@@ -52,8 +67,9 @@ def read_map(path: str | os.PathLike, pixel_size_angstrom: float | None = None) 
         raise
     except Exception as exc:  # mrcfile raises ValueError/EOFError/OSError variants on corrupt files
         raise GmmsessionInputError(f"{path}: corrupt or unreadable MRC file ({exc})") from exc
-    if caught:
-        warnings.warn(f"{path}: MRC header problems ({caught[0].message}); read permissively", MrcHeaderWarning, stacklevel=2)
+    problems = header_problems(caught)
+    if problems:
+        warnings.warn(f"{path}: MRC header problems ({problems[0]}); read permissively", MrcHeaderWarning, stacklevel=2)
     if data.ndim != 3:
         raise GmmsessionInputError(f"{path}: expected a 3D map, got shape {data.shape}")
     if pixel_size_angstrom is None:

@@ -23,7 +23,7 @@ import numpy as np
 import xarray as xr
 
 from gmmsession.data.errors import GmmsessionInputError
-from gmmsession.data.io.mrc import MrcHeaderWarning
+from gmmsession.data.io.mrc import MrcHeaderWarning, header_problems
 
 __all__ = ["ParticleImageReader", "NonFiniteImageError", "resolve_stack_path", "stack_shape"]
 
@@ -169,7 +169,7 @@ class ParticleImageReader:
         if data.ndim != 3:
             mrc.close()
             raise GmmsessionInputError(f"{path}: expected a stack of 2D images, got data of shape {data.shape}")
-        problems = [str(w.message) for w in caught]
+        problems = header_problems(caught)
         header_px = float(mrc.voxel_size.x)
         star_px = float(self._pixel_size[first_position])
         if not (abs(header_px - star_px) <= 1e-3 * star_px):
