@@ -251,6 +251,9 @@ def _voxel_cloud(
     return xyz[pick] + jitter, None
 
 
+VOXELS_PER_GAUSSIAN_MIN = 4
+
+
 def _kmeans(points: np.ndarray, weights: np.ndarray | None, n_clusters: int, seed: int, max_iter: int) -> np.ndarray:
     from sklearn.cluster import KMeans
 
@@ -351,7 +354,10 @@ def estimate_n_gaussians(
         raise ValueError(f"nn_distance_fraction must be > 0, got {nn_distance_fraction}")
     d = float(resolution_angstrom) * nn_distance_fraction
     # K-means centres in a solid region sit about 1.25 (V / N)^(1/3) apart: start at N0 = V / (2 d^3).
-    n = int(np.clip(round(0.5 * n_above * pixel_size_angstrom**3 / d**3), 2, n_above))
+    # At most one Gaussian per VOXELS_PER_GAUSSIAN_MIN voxels above the threshold: a Gaussian per voxel or finer cannot be fitted,
+    # and near Nyquist the spacing rule would ask for more Gaussians than voxels.
+    n_max = max(2, n_above // VOXELS_PER_GAUSSIAN_MIN)
+    n = int(np.clip(round(0.5 * n_above * pixel_size_angstrom**3 / d**3), 2, n_max))
     trials: list[tuple[int, float]] = []
     centres_of: dict[int, torch.Tensor] = {}
     slope = -1.0 / 3.0
@@ -370,7 +376,7 @@ def estimate_n_gaussians(
             # the measured slope only between clearly different N (K-means noise swamps small steps)
             if abs(math.log(n1 / n0)) > 0.2 and d0 > 0 and d1 > 0 and d0 != d1:
                 slope = float(np.clip(math.log(d1 / d0) / math.log(n1 / n0), -1.0, -0.1))
-        new_n = int(np.clip(round(n_fit * (d / dist) ** (1.0 / slope)), 2, n_above))
+        new_n = int(np.clip(round(n_fit * (d / dist) ** (1.0 / slope)), 2, n_max))
         if new_n == n_fit:
             n = new_n
             break

@@ -218,3 +218,16 @@ def test_map_origin_from_header_origin_or_nstart(shared_data):
     # 1ake.mrc: origin field -64 Å on each axis, nstart 0
     _, _, origin = read_map_with_origin(shared_data / "maps" / "1ake.mrc")
     np.testing.assert_array_equal(origin, [-64.0, -64.0, -64.0])
+
+
+def test_n_estimate_never_exceeds_a_quarter_of_the_voxels_above_threshold():
+    """Near Nyquist the spacing rule asks for more Gaussians than voxels; N is capped instead of failing."""
+    from gmmsession.algorithms.gmm_build import VOXELS_PER_GAUSSIAN_MIN, density_threshold, estimate_n_gaussians
+
+    g = torch.Generator().manual_seed(0)
+    c = torch.arange(24, dtype=torch.float32) - 12
+    r2 = c[:, None, None] ** 2 + c[None, :, None] ** 2 + c[None, None, :] ** 2
+    vol = torch.exp(-r2 / 40) + 0.01 * torch.randn(24, 24, 24, generator=g)
+    n_above = int((vol > density_threshold(vol)).sum())
+    n = estimate_n_gaussians(vol, 1.0, 2.0, max_trials=2)  # 0.5 x 2 Å spacing at 1 Å voxels: far too many
+    assert 2 <= n <= n_above // VOXELS_PER_GAUSSIAN_MIN
