@@ -16,13 +16,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import starfile
 import torch
 
 import gmmsession as gs
 from gmmsession.algorithms.align import AlignConfig
-from gmmsession.kernels.conventions import euler_relion_to_matrix, matrix_to_euler_relion
-from gmmsession.kernels.rotations import geodesic_angle_deg, rotvec_to_matrix
+from gmmsession.algorithms.simulate import perturb_star_poses
+from gmmsession.kernels.conventions import euler_relion_to_matrix
+from gmmsession.kernels.rotations import geodesic_angle_deg
 
 
 def median_error_deg(particles, truth: torch.Tensor) -> float:
@@ -48,19 +48,7 @@ def main() -> None:
     sim = gs.simulate(work / "data", n_particles=args.n, box_size=args.box, pixel_size_angstrom=args.pixel_size,
                       snr=args.snr, hinge_max_deg=0.0, seed=args.seed)
     print(f"simulate: {time.perf_counter() - t:.1f} s")
-    blocks = starfile.read(sim.particles_star, always_dict=True)
-    df = blocks["particles"]
-    rng = np.random.default_rng(args.seed)
-    rot = euler_relion_to_matrix(torch.tensor(df[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].values))
-    axis = rng.normal(size=(len(df), 3))
-    axis /= np.linalg.norm(axis, axis=1, keepdims=True)
-    e = matrix_to_euler_relion(rot @ rotvec_to_matrix(torch.tensor(axis * np.deg2rad(args.angle)))).numpy()
-    df["rlnAngleRot"], df["rlnAngleTilt"], df["rlnAnglePsi"] = e[:, 0], e[:, 1], e[:, 2]
-    phi = rng.uniform(0, 2 * np.pi, len(df))
-    df["rlnOriginXAngst"] += args.shift * args.pixel_size * np.cos(phi)
-    df["rlnOriginYAngst"] += args.shift * args.pixel_size * np.sin(phi)
-    star = work / "data" / "perturbed.star"
-    starfile.write(blocks, star)
+    star = perturb_star_poses(sim.particles_star, work / "data" / "perturbed.star", args.angle, args.shift * args.pixel_size, seed=args.seed)
     truth = euler_relion_to_matrix(torch.tensor(sim.euler_deg))
 
     ref = gs.Session.from_star(sim.particles_star)

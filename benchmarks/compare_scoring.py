@@ -13,16 +13,14 @@ import argparse
 import tempfile
 from pathlib import Path
 
-import numpy as np
-import starfile
 import torch
 
 import gmmsession as gs
 from gmmsession.algorithms.align import AlignConfig, refine_poses
-from gmmsession.algorithms.simulate import _resolve_model, atom_gaussians
+from gmmsession.algorithms.simulate import _resolve_model, atom_gaussians, perturb_star_poses
 from gmmsession.data.chunks import iter_particle_chunks
-from gmmsession.kernels.conventions import euler_relion_to_matrix, matrix_to_euler_relion
-from gmmsession.kernels.rotations import geodesic_angle_deg, rotvec_to_matrix
+from gmmsession.kernels.conventions import euler_relion_to_matrix
+from gmmsession.kernels.rotations import geodesic_angle_deg
 
 
 def main() -> None:
@@ -33,16 +31,7 @@ def main() -> None:
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="gmms-score-"))
     sim = gs.simulate(work / "data", n_particles=args.n, box_size=64, pixel_size_angstrom=1.5, snr=args.snr, hinge_max_deg=0.0, seed=args.seed)
-    blocks = starfile.read(sim.particles_star, always_dict=True)
-    df = blocks["particles"]
-    rng = np.random.default_rng(0)
-    rot = euler_relion_to_matrix(torch.tensor(df[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].values))
-    axis = rng.normal(size=(len(df), 3))
-    axis /= np.linalg.norm(axis, axis=1, keepdims=True)
-    e = matrix_to_euler_relion(rot @ rotvec_to_matrix(torch.tensor(axis * np.deg2rad(3.0)))).numpy()
-    df["rlnAngleRot"], df["rlnAngleTilt"], df["rlnAnglePsi"] = e[:, 0], e[:, 1], e[:, 2]
-    star = work / "data" / "perturbed.star"
-    starfile.write(blocks, star)
+    star = perturb_star_poses(sim.particles_star, work / "data" / "perturbed.star", angle_deg=3.0, shift_angstrom=0.0, seed=0)
     s = gs.Session.from_star(star)
     truth = euler_relion_to_matrix(torch.tensor(sim.euler_deg)).double()
     protein = _resolve_model(None, args.seed)

@@ -47,6 +47,7 @@ from pathlib import Path
 import mrcfile
 import numpy as np
 import pandas as pd
+import starfile
 import torch
 
 from gmmsession._version import __version__
@@ -71,7 +72,7 @@ from gmmsession.kernels.fourier import irfft_centered_2d, irfft_centered_3d, rff
 from gmmsession.kernels.gmm import gaussians_rfft_3d, project_gaussians_rfft_2d, render_gaussians_3d
 from gmmsession.kernels.rotations import quaternion_to_matrix
 
-__all__ = ["simulate", "SimulatedDataset", "atom_gaussians", "ATOM_SIGMA_ANGSTROM"]
+__all__ = ["simulate", "SimulatedDataset", "atom_gaussians", "perturb_star_poses", "ATOM_SIGMA_ANGSTROM"]
 
 ATOM_SIGMA_ANGSTROM = 0.5
 _ELEMENT_WEIGHT = {"H": 0.2, "C": 1.0, "N": 1.1, "O": 1.2, "S": 2.2, "P": 2.0}
@@ -438,3 +439,31 @@ def simulate(
         signal_variance=signal_variance,
         noise_std=noise_std,
     )
+
+
+def perturb_star_poses(
+    star_path: str | os.PathLike, out_path: str | os.PathLike, angle_deg: float, shift_angstrom: float, seed: int = 0
+) -> Path:
+    """Write a copy of a RELION 3.1 star file with every particle's pose perturbed.
+
+    Each rotation is composed with a rotation of exactly ``angle_deg`` about a random axis
+    (``A' = A @ R``), and each origin moves by ``shift_angstrom`` in a random in-plane
+    direction; every other column is kept. For refinement exercises and tests: the simulator's
+    truth is the unperturbed file.
+    """
+    from gmmsession.kernels.conventions import euler_relion_to_matrix, matrix_to_euler_relion
+    from gmmsession.kernels.rotations import rotvec_to_matrix
+
+    blocks = starfile.read(star_path, always_dict=True)
+    df = blocks["particles"].copy()
+    rng = np.random.default_rng(seed)
+    rot = euler_relion_to_matrix(torch.tensor(df[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy(dtype=np.float64)))
+    axis = rng.normal(size=(len(df), 3))
+    axis /= np.linalg.norm(axis, axis=1, keepdims=True)
+    euler = matrix_to_euler_relion(rot @ rotvec_to_matrix(torch.tensor(axis * np.deg2rad(angle_deg)))).numpy()
+    df["rlnAngleRot"], df["rlnAngleTilt"], df["rlnAnglePsi"] = euler[:, 0], euler[:, 1], euler[:, 2]
+    phi = rng.uniform(0, 2 * np.pi, len(df))
+    df["rlnOriginXAngst"] = df["rlnOriginXAngst"] + shift_angstrom * np.cos(phi)
+    df["rlnOriginYAngst"] = df["rlnOriginYAngst"] + shift_angstrom * np.sin(phi)
+    blocks["particles"] = df
+    return write_star_blocks(out_path, blocks)

@@ -5,15 +5,13 @@ import dataclasses
 
 import numpy as np
 import pytest
-import starfile
 import torch
 
 import gmmsession as gs
 from gmmsession.algorithms.gmm_build import GmmBuildConfig
 from gmmsession.algorithms.refine import GlobalRefineConfig, refine_global
+from gmmsession.algorithms.simulate import perturb_star_poses
 from gmmsession.data.gmm import gmm_to_tensors
-from gmmsession.kernels.conventions import euler_relion_to_matrix, matrix_to_euler_relion
-from gmmsession.kernels.rotations import rotvec_to_matrix
 
 
 @pytest.fixture(scope="module")
@@ -21,19 +19,7 @@ def perturbed(tmp_path_factory):
     """A rigid (hinge 0), clean-ish small dataset whose star poses are the truth perturbed by 3 deg and 1 px."""
     d = tmp_path_factory.mktemp("refine")
     sim = gs.simulate(d / "data", n_particles=300, box_size=32, pixel_size_angstrom=3.0, snr=1.0, hinge_max_deg=0.0, seed=21)
-    blocks = starfile.read(sim.particles_star, always_dict=True)
-    df = blocks["particles"]
-    rng = np.random.default_rng(0)
-    rot = euler_relion_to_matrix(torch.tensor(df[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].values))
-    axis = rng.normal(size=(len(df), 3))
-    axis /= np.linalg.norm(axis, axis=1, keepdims=True)
-    e = matrix_to_euler_relion(rot @ rotvec_to_matrix(torch.tensor(axis * np.deg2rad(3.0)))).numpy()
-    df["rlnAngleRot"], df["rlnAngleTilt"], df["rlnAnglePsi"] = e[:, 0], e[:, 1], e[:, 2]
-    phi = rng.uniform(0, 2 * np.pi, len(df))
-    df["rlnOriginXAngst"] += 3.0 * np.cos(phi)
-    df["rlnOriginYAngst"] += 3.0 * np.sin(phi)
-    star = d / "data" / "perturbed.star"
-    starfile.write(blocks, star)
+    star = perturb_star_poses(sim.particles_star, d / "data" / "perturbed.star", angle_deg=3.0, shift_angstrom=3.0)
     s = gs.Session.from_star(star)
     s.reconstruct(progress=False)
     s.build_gmm(n_gaussians=300, n_iter=40, progress=False)

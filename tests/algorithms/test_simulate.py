@@ -179,3 +179,22 @@ def test_atomic_model_input_and_box_check(runs, tmp_path):
         simulate(tmp_path / "too_small", n_particles=4, box_size=32, pixel_size_angstrom=PIX, model=runs["noisy"].model_pdb)
     with pytest.raises(ValueError, match="snr"):
         simulate(tmp_path / "bad", n_particles=4, box_size=BOX, snr=0.0, model=runs["noisy"].model_pdb)
+
+
+def test_perturb_star_poses_moves_each_pose_by_exactly_the_asked_amount(tmp_path):
+    from gmmsession.algorithms.simulate import perturb_star_poses
+    from gmmsession.kernels.conventions import euler_relion_to_matrix
+    from gmmsession.kernels.rotations import geodesic_angle_deg
+
+    sim = simulate(tmp_path / "d", n_particles=40, box_size=24, pixel_size_angstrom=3.0, snr=1.0, seed=2)
+    out = perturb_star_poses(sim.particles_star, tmp_path / "p.star", angle_deg=3.0, shift_angstrom=1.5, seed=1)
+    a = starfile.read(sim.particles_star, always_dict=True)["particles"]
+    b = starfile.read(out, always_dict=True)["particles"]
+    cols = ["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]
+    ra = euler_relion_to_matrix(torch.tensor(a[cols].to_numpy(dtype=np.float64)))
+    rb = euler_relion_to_matrix(torch.tensor(b[cols].to_numpy(dtype=np.float64)))
+    # 3 degrees each, up to the 6 decimals starfile writes
+    assert torch.allclose(geodesic_angle_deg(ra, rb), torch.full((40,), 3.0, dtype=torch.float64), atol=1e-3)
+    d = np.hypot(b["rlnOriginXAngst"] - a["rlnOriginXAngst"], b["rlnOriginYAngst"] - a["rlnOriginYAngst"])
+    np.testing.assert_allclose(d, 1.5, atol=1e-4)
+    assert list(a.columns) == list(b.columns) and (a["rlnImageName"] == b["rlnImageName"]).all()
