@@ -191,14 +191,6 @@ def _check_inputs(images: torch.Tensor, params: ParticleTensors, pos: torch.Tens
         )
 
 
-def _select(params: ParticleTensors, index: torch.Tensor | slice) -> ParticleTensors:
-    return ParticleTensors(**{f.name: getattr(params, f.name)[index] for f in dataclasses.fields(params)})
-
-
-def _to_device(params: ParticleTensors, device: torch.device) -> ParticleTensors:
-    return ParticleTensors(**{f.name: getattr(params, f.name).to(device) for f in dataclasses.fields(params)})
-
-
 def _project_to_ball(x: torch.Tensor, radius: float | None) -> torch.Tensor:
     """Scale rows of ``x`` (n, d) longer than ``radius`` back onto the ball."""
     if radius is None:
@@ -242,7 +234,7 @@ def refine_poses_chunk(
     pos = gmm_positions.to(device, dtype)
     amp = gmm_amplitudes.to(device, dtype)
     sig = gmm_sigmas.to(device, dtype)
-    params = _to_device(params, device)
+    params = params.to(device)
     length = config.length_scale_angstrom or _radius_of_gyration(pos, amp, sig)
 
     max_frequency = None if config.max_resolution_angstrom is None else 1.0 / config.max_resolution_angstrom
@@ -256,7 +248,7 @@ def refine_poses_chunk(
     out: dict[str, list[torch.Tensor]] = {k: [] for k in ("rotation", "origin", "score", "initial")}
     for start in range(0, n, config.batch_size):
         sl = slice(start, min(start + config.batch_size, n))
-        sub = _select(params, sl)
+        sub = params.select(sl)
         spectra = crop_rfft_2d(rfft_centered_2d(images[sl].to(device, dtype)), b)
         spectra, ctf = phase_flipped_spectra(spectra, freqs, sub.ctf_kwargs(), flip=config.scoring == "frc")
         rot, origin, score, initial = _refine_batch(
@@ -400,7 +392,7 @@ def refine_poses(
             idx_dev = index.to(chunk.images.device)
             pos, amp, sig = gmm_by_half[half]
             update = refine_poses_chunk(
-                chunk.images[idx_dev], _select(chunk.params, idx_dev.to(chunk.params.rotation.device)),
+                chunk.images[idx_dev], chunk.params.select(idx_dev.to(chunk.params.rotation.device)),
                 pos, amp, sig, pixel_size_angstrom, config,
             )
             parts.append((index, update))

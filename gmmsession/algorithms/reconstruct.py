@@ -10,7 +10,6 @@ weights into a 2x padded Fourier grid.
 
 from __future__ import annotations
 
-import dataclasses
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from gmmsession.data.bridge import ParticleTensors
+from gmmsession.kernels.conventions import image_shift_angstrom_from_origin
 from gmmsession.kernels.ctf import ctf_2d
 from gmmsession.kernels.fourier import fourier_shift_rfft_2d, rfft_centered_2d, rfft_frequencies_2d
 from gmmsession.kernels.reconstruct import FourierAccumulator, backproject_slices_rfft_2d, finalise_reconstruction
@@ -73,14 +73,6 @@ class ReconstructConfig:
     prefetch_chunks: int = 1
 
 
-def _select(params: ParticleTensors, index: torch.Tensor | slice) -> ParticleTensors:
-    return ParticleTensors(**{f.name: getattr(params, f.name)[index] for f in dataclasses.fields(params)})
-
-
-def _to_device(params: ParticleTensors, device: torch.device) -> ParticleTensors:
-    return ParticleTensors(**{f.name: getattr(params, f.name).to(device) for f in dataclasses.fields(params)})
-
-
 def _prepare_spectra(
     images: torch.Tensor, params: ParticleTensors, with_ctf: bool
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -94,8 +86,9 @@ def _prepare_spectra(
         # One pixel size (the usual case): work on the whole chunk without gather/scatter copies.
         sel = slice(None) if len(values) == 1 else torch.nonzero(pixel == value).squeeze(-1)
         freqs = rfft_frequencies_2d(b, float(value), device=images.device)
-        sub = _select(params, sel)
-        spectra[sel] = fourier_shift_rfft_2d(spectra[sel], sub.origin_angstrom, freqs)
+        sub = params.select(sel)
+        # Undo the forward model's image shift (conventions: image = projection moved by -origin).
+        spectra[sel] = fourier_shift_rfft_2d(spectra[sel], -image_shift_angstrom_from_origin(sub.origin_angstrom), freqs)
         if ctf is not None:
             ctf[sel] = ctf_2d(freqs, **sub.ctf_kwargs())
     return spectra, ctf
@@ -166,7 +159,7 @@ def accumulate_chunk(
         raise ValueError(f"halves must be 1 or 2, got {sorted(set(halves.cpu()[bad].tolist()))}")
     device = torch.device(config.device) if config.device is not None else images.device
     images = images.to(device=device, dtype=torch.float32)
-    params = _to_device(params, device)
+    params = params.to(device)
     halves = halves.to(device)
 
     pixel = params.pixel_size_angstrom.to(torch.float32)
@@ -176,7 +169,7 @@ def accumulate_chunk(
     def insert(half: int) -> tuple[int, FourierAccumulator]:
         # Everything per half set, so that the two halves can run in parallel threads.
         sel = torch.nonzero(halves == half).squeeze(-1)
-        sub = _select(params, sel)
+        sub = params.select(sel)
         spectra, ctf = _prepare_spectra(images[sel], sub, config.ctf)
         acc = accumulators.get(half)
         if acc is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +37,14 @@ class ParticleTensors:
     amplitude_contrast: torch.Tensor
     pixel_size_angstrom: torch.Tensor
     box_size: torch.Tensor
+
+    def select(self, index: torch.Tensor | slice) -> "ParticleTensors":
+        """The particles ``index`` (positions along the leading dimension)."""
+        return ParticleTensors(**{f.name: getattr(self, f.name)[index] for f in dataclasses.fields(self)})
+
+    def to(self, device: torch.device | str) -> "ParticleTensors":
+        """The same parameters on another device."""
+        return ParticleTensors(**{f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)})
 
     def ctf_kwargs(self) -> dict[str, torch.Tensor]:
         """Keyword arguments for :func:`gmmsession.kernels.ctf.ctf_2d`."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+from gmmsession.kernels.conventions import image_shift_angstrom_from_origin
 from gmmsession.kernels.fourier import (
     irfft_centered_2d,
     rfft_centered_3d,
@@ -253,7 +254,7 @@ def project_volume(
     slices = project_slices_rfft_2d(spectrum, rotations, box, pad_factor)
     freqs = rfft_frequencies_2d(box, pixel_size_angstrom, device=volume.device, dtype=slices.real.dtype)
     origin = origin_angstrom.to(device=volume.device, dtype=slices.real.dtype)
-    slices = fourier_shift_rfft_2d(slices, -origin, freqs)
+    slices = fourier_shift_rfft_2d(slices, image_shift_angstrom_from_origin(origin), freqs)
     if ctf is not None:
         slices = slices * ctf.to(device=volume.device, dtype=slices.real.dtype)
     return irfft_centered_2d(slices, box)
