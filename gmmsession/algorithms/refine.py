@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from gmmsession.algorithms.align import AlignConfig, refine_poses_chunk
+from gmmsession.algorithms.align import AlignConfig, PoseUpdate, refine_poses_chunk
 from gmmsession.algorithms.gmm_build import GmmBuildConfig, build_gmm
 from gmmsession.algorithms.postprocess import FscResult, gold_standard_fsc
 from gmmsession.algorithms.reconstruct import ReconstructConfig, accumulate_chunk, finalise_half_maps
@@ -69,20 +69,15 @@ class GlobalRefineConfig:
 class IterationResult:
     """One finished iteration (all tensors on the CPU).
 
-    ``rotation`` (n, 3, 3) and ``origin_angstrom`` (n, 2) are the new poses of every particle
-    (``particle`` order); ``score`` / ``initial_score`` the band FRC after / before alignment;
-    ``angle_change_deg`` / ``shift_change_angstrom`` relative to the iteration's start;
-    ``half_maps`` (2, box, box, box); ``gmm`` the references the particles were aligned to;
-    ``fsc`` the gold-standard FSC of the new half maps and ``quality`` its :func:`fsc_quality`.
+    ``poses`` are the new poses of every particle (``particle`` order) with their scores
+    after / before alignment and the angle / shift changes relative to the iteration's start
+    (a :class:`~gmmsession.algorithms.align.PoseUpdate`); ``half_maps`` (2, box, box, box);
+    ``gmm`` the references the particles were aligned to; ``fsc`` the gold-standard FSC of
+    the new half maps and ``quality`` its :func:`fsc_quality`.
     """
 
     iteration: int
-    rotation: torch.Tensor
-    origin_angstrom: torch.Tensor
-    score: torch.Tensor
-    initial_score: torch.Tensor
-    angle_change_deg: torch.Tensor
-    shift_change_angstrom: torch.Tensor
+    poses: PoseUpdate
     half_maps: torch.Tensor
     gmm: dict[int, GmmTensors]
     fsc: FscResult
@@ -174,12 +169,15 @@ def refine_global(
         improved = quality > best
         result = IterationResult(
             iteration=it,
-            rotation=new_rot,
-            origin_angstrom=new_origin,
-            score=score,
-            initial_score=initial,
-            angle_change_deg=geodesic_angle_deg(rotation.double(), new_rot.double()).float(),
-            shift_change_angstrom=(new_origin - origin).norm(dim=-1),
+            poses=PoseUpdate(
+                rotation=new_rot,
+                origin_angstrom=new_origin,
+                score=score,
+                initial_score=initial,
+                angle_change_deg=geodesic_angle_deg(rotation.double(), new_rot.double()).float(),
+                shift_change_angstrom=(new_origin - origin).norm(dim=-1),
+                positions=np.arange(n),
+            ),
             half_maps=maps,
             gmm=dict(refs),
             fsc=fsc,

@@ -322,20 +322,20 @@ class Session:
             {"iteration": res.iteration},
             t,
             {"resolution_angstrom": float(res.fsc.resolution_angstrom), "fsc_quality": res.quality, "improved": bool(res.improved),
-             "median_angle_change_deg": float(res.angle_change_deg.median()),
-             "median_shift_change_angstrom": float(res.shift_change_angstrom.median()),
-             "mean_score": float(res.score.mean()), "mean_initial_score": float(res.initial_score.mean())},
+             "median_angle_change_deg": float(res.poses.angle_change_deg.median()),
+             "median_shift_change_angstrom": float(res.poses.shift_change_angstrom.median()),
+             "mean_score": float(res.poses.score.mean()), "mean_initial_score": float(res.poses.initial_score.mean())},
             {"fsc": res.fsc.fsc.tolist()},
         )
 
     def _accept_iteration(self, res: Any) -> None:
         """Make an iteration's poses, half maps and references the session's state."""
-        euler = matrix_to_euler_relion(res.rotation.double()).numpy()
+        euler = matrix_to_euler_relion(res.poses.rotation.double()).numpy()
         p = self.particles.copy()
         for i, name in enumerate(("rot_deg", "tilt_deg", "psi_deg")):
             p[name] = ("particle", euler[:, i], p[name].attrs)
-        p["origin_x_angstrom"] = ("particle", res.origin_angstrom[:, 0].double().numpy(), p["origin_x_angstrom"].attrs)
-        p["origin_y_angstrom"] = ("particle", res.origin_angstrom[:, 1].double().numpy(), p["origin_y_angstrom"].attrs)
+        p["origin_x_angstrom"] = ("particle", res.poses.origin_angstrom[:, 0].double().numpy(), p["origin_x_angstrom"].attrs)
+        p["origin_y_angstrom"] = ("particle", res.poses.origin_angstrom[:, 1].double().numpy(), p["origin_y_angstrom"].attrs)
         self._set.particles = p
         self._half_maps = half_maps_dataarray(res.half_maps[0], res.half_maps[1], self.pixel_size_angstrom)
         self._gmm = gmm_dataset([res.gmm[1], res.gmm[2]], pixel_size_angstrom=self.pixel_size_angstrom, box_size=self.box_size,
