@@ -53,6 +53,10 @@ def _progress_bar(total: int, desc: str, enabled: bool, unit: str = "particle"):
     return (lambda n_done: bar.update(n_done - bar.n)), bar.close
 
 
+# Per-iteration metrics copied into the refine_global step record as curves (one value per iteration).
+_ITERATION_SUMMARY = ("resolution_angstrom", "improved", "median_angle_change_deg", "median_shift_change_angstrom", "mean_score")
+
+
 class Session:
     """Interactive GMM-refinement session.
 
@@ -287,12 +291,17 @@ class Session:
         done_before = {"n": 0}  # particles aligned in earlier iterations (the callback counts within one)
         accepted = 0
         interrupted = False
+        iteration_curves: dict[str, list] = {}
         with Timer() as t:
             try:
                 for res in _refine_global(self.particles, self.optics, maps, refs, px, config, mask=mask_t,
                                           progress=lambda stage, done, total: bar_update(done_before["n"] + done)):
                     done_before["n"] = res.iteration * n
                     self._record_iteration(res)
+                    iteration_curves[f"fsc_iteration_{res.iteration}"] = res.fsc.fsc.tolist()
+                    for key, value in self.history.last().metrics.items():
+                        if key in _ITERATION_SUMMARY:
+                            iteration_curves.setdefault(f"iteration_{key}", []).append(float(value))
                     if res.improved:
                         self._accept_iteration(res)
                         accepted = res.iteration
@@ -310,7 +319,8 @@ class Session:
             {"start_resolution_angstrom": float(start_fsc.attrs["resolution_angstrom"]),
              "resolution_angstrom": float(final_fsc.attrs["resolution_angstrom"]),
              "accepted_iteration": accepted, "interrupted": interrupted},
-            {"fsc_start": start_fsc.values.tolist(), "fsc": final_fsc.values.tolist()},
+            {"shell_resolution_angstrom": final_fsc["resolution_angstrom"].values.tolist(),
+             "fsc_start": start_fsc.values.tolist(), **iteration_curves, "fsc": final_fsc.values.tolist()},
         )
         return self.history.last()
 

@@ -8,6 +8,7 @@ from typing import Any
 from gmmsession.session.display import register_html_renderer
 from gmmsession.session.history import History, StepRecord
 from gmmsession.session.session import Session
+from gmmsession.viz.figures import fsc_svg, step_fsc_curves
 
 __all__ = ["session_html", "history_html", "step_html", "register"]
 
@@ -38,8 +39,35 @@ def session_html(session: Session) -> str:
 
 
 def step_html(step: StepRecord) -> str:
+    """A step's metrics and parameters; with FSC curves (e.g. ``refine_global``) also an FSC plot
+    per iteration (inline SVG: no JavaScript, so it survives saving and offline workshops) and
+    a per-iteration table."""
     rows = [("duration (s)", step.duration_s), *step.metrics.items(), *(("param " + k, v) for k, v in step.params.items())]
-    return _table(rows, f"Step: {step.name}")
+    out = _table(rows, f"Step: {step.name}")
+    curves = step_fsc_curves(step)
+    if curves:
+        out = f"<div style='display:flex;gap:16px;align-items:flex-start'>{fsc_svg(*curves)}{out}</div>"
+    iterations = _iteration_table(step)
+    return out + iterations
+
+
+def _iteration_table(step: StepRecord) -> str:
+    keys = [k for k in step.curves if k.startswith("iteration_")]
+    if not keys:
+        return ""
+    n = len(step.curves[keys[0]])
+    head = "".join(f"<th style='padding:2px 8px'>{html.escape(h)}</th>" for h in ["iteration", *(k[len("iteration_"):] for k in keys)])
+    rows = "".join(
+        "<tr>" + f"<td style='padding:2px 8px'>{i + 1}</td>"
+        + "".join(f"<td style='padding:2px 8px'>{html.escape(_fmt(_iteration_value(k, step.curves[k][i])))}</td>" for k in keys)
+        + "</tr>"
+        for i in range(n)
+    )
+    return f"<div><b>Iterations</b><table style='{_STYLE}'><tr>{head}</tr>{rows}</table></div>"
+
+
+def _iteration_value(key: str, value: Any) -> Any:
+    return bool(value) if key == "iteration_improved" else value
 
 
 def history_html(history: History) -> str:

@@ -71,6 +71,15 @@ def test_session_refine_global_keeps_only_improving_iterations(perturbed):
     else:
         assert np.array_equal(s.particles["rot_deg"].values, before)
     assert step.metrics["resolution_angstrom"] <= step.metrics["start_resolution_angstrom"]
+    # The step record carries one FSC curve per iteration and displays them (plot + table).
+    assert [k for k in step.curves if k.startswith("fsc_iteration_")] == [f"fsc_iteration_{i + 1}" for i in range(len(iters))]
+    assert step.curves["iteration_resolution_angstrom"] == [r.metrics["resolution_angstrom"] for r in iters]
+    html = step._repr_html_()
+    assert "<svg" in html and "iteration 1" in html and "median_angle_change_deg" in html
+    from gmmsession.viz.figures import step_fsc_figure
+
+    names = [trace.name for trace in step_fsc_figure(step).data]
+    assert names == ["start", *(f"iteration {i + 1}" for i in range(len(iters))), "final"]
 
 
 def test_interrupt_keeps_last_finished_iteration(perturbed, monkeypatch):
