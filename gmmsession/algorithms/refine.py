@@ -10,6 +10,14 @@ Then the gold-standard FSC of the new half maps measures the iteration.
 
 Nothing here mixes the halves: a particle of half ``h`` only ever meets ``gmm[h]``, and half
 map ``h`` only ever receives particles of half ``h``.
+
+Focused refinement (paper: "Focused refinement") is the same loop with a focus mask ``M``:
+after each GMM fit, the reference the particles are aligned to has its widths changed to
+``sigma / (0.25 + 0.75 M(centre))`` (:func:`~gmmsession.kernels.masks.width_masked_sigmas`), so
+Gaussians outside the mask are blurred and the alignment follows the masked region; the fitted
+GMM itself stays unchanged (it warm-starts the next fit). The FSC is then measured twice, over
+the whole map (solvent mask) and within the focus mask; the focus FSC sets the target
+resolution and decides whether an iteration improved.
 """
 
 from __future__ import annotations
@@ -31,9 +39,10 @@ from gmmsession.data.bridge import ParticleTensors, particle_tensors
 from gmmsession.data.chunks import iter_particle_chunks
 from gmmsession.data.gmm import GmmTensors
 from gmmsession.kernels.filters import lowpass_3d
+from gmmsession.kernels.masks import sample_volume_at, width_masked_sigmas
 from gmmsession.kernels.rotations import geodesic_angle_deg
 
-__all__ = ["GlobalRefineConfig", "IterationResult", "refine_global", "fsc_quality"]
+__all__ = ["GlobalRefineConfig", "IterationResult", "refine_global", "fsc_quality", "focused_reference"]
 
 
 @dataclass(frozen=True)
@@ -72,8 +81,10 @@ class IterationResult:
     ``poses`` are the new poses of every particle (``particle`` order) with their scores
     after / before alignment and the angle / shift changes relative to the iteration's start
     (a :class:`~gmmsession.algorithms.align.PoseUpdate`); ``half_maps`` (2, box, box, box);
-    ``gmm`` the references the particles were aligned to; ``fsc`` the gold-standard FSC of
-    the new half maps and ``quality`` its :func:`fsc_quality`.
+    ``gmm`` the fitted references (before any focus widening); ``fsc`` the gold-standard FSC of
+    the new half maps (with the solvent mask); ``fsc_focus`` the FSC within the focus mask
+    (None without one); ``quality`` the :func:`fsc_quality` of ``fsc_focus`` when focusing,
+    else of ``fsc``.
     """
 
     iteration: int
@@ -84,12 +95,24 @@ class IterationResult:
     quality: float
     improved: bool
     seconds: float
+    fsc_focus: FscResult | None = None
 
 
 def fsc_quality(fsc: FscResult) -> float:
     """A continuous measure of an FSC curve: the sum of the curve the resolution is read from,
     over shells 1 .. Nyquist (the 0.143 shell alone moves in whole shells)."""
     return float(np.sum(np.clip(fsc.fsc[1:], -1.0, 1.0)))
+
+
+def focused_reference(gmm: GmmTensors, focus_mask: torch.Tensor | None, pixel_size_angstrom: float) -> GmmTensors:
+    """The alignment reference for a focus mask: widths ``sigma / (0.25 + 0.75 M(centre))``.
+
+    ``focus_mask`` is a (box, box, box) volume in [0, 1] on the map grid; None returns ``gmm``.
+    """
+    if focus_mask is None:
+        return gmm
+    m = sample_volume_at(focus_mask.to(gmm.positions_angstrom), gmm.positions_angstrom, pixel_size_angstrom)
+    return GmmTensors(gmm.positions_angstrom, gmm.amplitudes, width_masked_sigmas(gmm.widths_angstrom, m))
 
 
 def refine_global(
@@ -101,6 +124,7 @@ def refine_global(
     config: GlobalRefineConfig = GlobalRefineConfig(),
     mask: torch.Tensor | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    focus_mask: torch.Tensor | None = None,
 ) -> Iterator[IterationResult]:
     """Run the refinement, yielding each finished iteration.
 
@@ -113,6 +137,8 @@ def refine_global(
     config : GlobalRefineConfig
     mask : (box, box, box) solvent mask for the gold-standard FSC, or None.
     progress : ``progress(stage, done, total)`` with stage ``"align"`` (particles) per chunk.
+    focus_mask : (box, box, box) focus mask in [0, 1] for focused refinement, or None (module
+        docstring).
 
     Yields
     ------
@@ -131,17 +157,21 @@ def refine_global(
     rotation, origin = start.rotation.clone(), start.origin_angstrom.clone()
     maps = half_maps.detach().to("cpu", torch.float32)
     refs = {h: g.detach().to("cpu") for h, g in gmm.items()}
-    fsc = gold_standard_fsc(maps[0], maps[1], pixel_size_angstrom, mask=mask)
-    best = fsc_quality(fsc)
+    if focus_mask is not None and focus_mask.shape != maps.shape[1:]:
+        raise ValueError(f"focus_mask has shape {tuple(focus_mask.shape)}, the half maps {tuple(maps.shape[1:])}")
+    focus = None if focus_mask is None else focus_mask.detach().to("cpu", torch.float32)
+    fsc, fsc_focus = _measure(maps, pixel_size_angstrom, mask, focus)
+    best = fsc_quality(fsc_focus or fsc)
     stale = 0
     for it in range(1, config.n_iter + 1):
         t0 = time.perf_counter()
-        resolution = float(config.resolution_angstrom or fsc.resolution_angstrom)
+        resolution = float(config.resolution_angstrom or (fsc_focus or fsc).resolution_angstrom)
         # 1. Each half's reference from its own map only, low-passed to the measured resolution.
         for h in (1, 2):
             target = lowpass_3d(maps[h - 1], pixel_size_angstrom, resolution)
             fitted, _ = build_gmm(target, pixel_size_angstrom, resolution, initial=refs[h], device=device, config=config.gmm)
             refs[h] = fitted.detach().to("cpu")
+        align_refs = {h: focused_reference(refs[h], focus, pixel_size_angstrom) for h in (1, 2)}
         align_cfg = config.align
         if align_cfg.max_resolution_angstrom is None:
             align_cfg = dataclasses.replace(align_cfg, max_resolution_angstrom=resolution)
@@ -156,7 +186,7 @@ def refine_global(
             params = dataclasses.replace(
                 chunk.params, rotation=rotation[pos].to(device), origin_angstrom=origin[pos].to(device)
             )
-            params = _aligned(chunk.images, params, chunk.halves, refs, pixel_size_angstrom, align_cfg, device, score, initial, pos)
+            params = _aligned(chunk.images, params, chunk.halves, align_refs, pixel_size_angstrom, align_cfg, device, score, initial, pos)
             new_rot[pos] = params.rotation.cpu()
             new_origin[pos] = params.origin_angstrom.cpu()
             accumulate_chunk(chunk.images, params, chunk.halves, box, pixel_size_angstrom, config.reconstruct, accumulators)
@@ -164,8 +194,8 @@ def refine_global(
             if progress is not None:
                 progress("align", done, n)
         maps = torch.stack([m.to("cpu", torch.float32) for m in finalise_half_maps(accumulators, box, pixel_size_angstrom, config.reconstruct)])
-        fsc = gold_standard_fsc(maps[0], maps[1], pixel_size_angstrom, mask=mask)
-        quality = fsc_quality(fsc)
+        fsc, fsc_focus = _measure(maps, pixel_size_angstrom, mask, focus)
+        quality = fsc_quality(fsc_focus or fsc)
         improved = quality > best
         result = IterationResult(
             iteration=it,
@@ -184,6 +214,7 @@ def refine_global(
             quality=quality,
             improved=improved,
             seconds=time.perf_counter() - t0,
+            fsc_focus=fsc_focus,
         )
         yield result
         rotation, origin = new_rot, new_origin
@@ -193,6 +224,14 @@ def refine_global(
             stale += 1
             if stale >= config.patience:
                 return
+
+
+def _measure(
+    maps: torch.Tensor, pixel_size_angstrom: float, mask: torch.Tensor | None, focus: torch.Tensor | None
+) -> tuple[FscResult, FscResult | None]:
+    """Gold-standard FSC with the solvent mask, and within the focus mask when there is one."""
+    fsc = gold_standard_fsc(maps[0], maps[1], pixel_size_angstrom, mask=mask)
+    return fsc, None if focus is None else gold_standard_fsc(maps[0], maps[1], pixel_size_angstrom, mask=focus)
 
 
 def _aligned(
@@ -214,7 +253,7 @@ def _aligned(
         sel = torch.nonzero(halves == h).squeeze(-1)
         if sel.numel() == 0:
             continue
-        sub = ParticleTensors(**{f.name: getattr(params, f.name)[sel] for f in dataclasses.fields(params)})
+        sub = params.select(sel)
         g = refs[h].to(device)
         upd = refine_poses_chunk(
             images[sel], sub, g.positions_angstrom, g.amplitudes, g.widths_angstrom, pixel_size_angstrom, config

@@ -22,7 +22,9 @@ import torch
 
 from gmmsession.kernels.conventions import real_space_center_index
 
-__all__ = ["soft_sphere_mask_3d", "threshold_mask_3d", "squared_distance_to_mask_3d"]
+__all__ = [
+    "soft_sphere_mask_3d", "threshold_mask_3d", "squared_distance_to_mask_3d", "sample_volume_at", "width_masked_sigmas",
+]
 
 
 def soft_sphere_mask_3d(
@@ -155,3 +157,47 @@ def threshold_mask_3d(
         soft = (0.5 + 0.5 * torch.cos(math.pi * d / soft_edge_px)).to(out.dtype)
         out = torch.where(edge, soft, out)
     return out
+
+
+def sample_volume_at(volume: torch.Tensor, positions_angstrom: torch.Tensor, pixel_size_angstrom: float) -> torch.Tensor:
+    """Trilinear value of a ``[z, y, x]`` volume at points given in Å from voxel ``box // 2``.
+
+    Parameters
+    ----------
+    volume : (D, H, W) real tensor (a mask or a map), voxel ``(z, y, x) = (D // 2, H // 2, W // 2)``
+        at the origin.
+    positions_angstrom : (..., 3) points ``(x, y, z)`` in Å (the GMM convention).
+    pixel_size_angstrom : voxel size (Å).
+
+    Returns
+    -------
+    (...) tensor: the trilinear interpolation at each point; 0 outside the volume. Differentiable
+    with respect to the positions.
+    """
+    if volume.ndim != 3:
+        raise ValueError(f"volume must have shape (D, H, W), got {tuple(volume.shape)}")
+    if positions_angstrom.shape[-1] != 3:
+        raise ValueError(f"positions_angstrom must have shape (..., 3), got {tuple(positions_angstrom.shape)}")
+    lead = positions_angstrom.shape[:-1]
+    pts = positions_angstrom.reshape(-1, 3).to(volume.dtype)
+    sizes = torch.tensor([volume.shape[2], volume.shape[1], volume.shape[0]], dtype=volume.dtype, device=volume.device)  # x, y, z
+    centre = torch.tensor([real_space_center_index(int(n)) for n in sizes.tolist()], dtype=volume.dtype, device=volume.device)
+    voxel = pts / pixel_size_angstrom + centre
+    grid = 2 * voxel / (sizes - 1).clamp_min(1) - 1  # align_corners=True: -1 and 1 are the first and last voxel centres
+    out = torch.nn.functional.grid_sample(
+        volume[None, None], grid[None, None, None], mode="bilinear", padding_mode="zeros", align_corners=True
+    )
+    return out.reshape(lead)
+
+
+def width_masked_sigmas(sigmas: torch.Tensor, mask_values: torch.Tensor) -> torch.Tensor:
+    """The paper's focus by Gaussian width: ``sigma' = sigma / (0.25 + 0.75 M)``.
+
+    ``M`` is the mask value at each Gaussian's centre (clipped to ``[0, 1]``): Gaussians inside
+    the mask (``M = 1``) keep their width, those outside are 4 times wider, so their projections
+    carry little high-resolution signal and the alignment follows the masked region.
+    Amplitudes are left as they are (the paper's rule).
+    """
+    if sigmas.shape != mask_values.shape:
+        raise ValueError(f"sigmas {tuple(sigmas.shape)} and mask_values {tuple(mask_values.shape)} must have the same shape")
+    return sigmas / (0.25 + 0.75 * mask_values.clamp(0.0, 1.0))

@@ -54,7 +54,16 @@ def _progress_bar(total: int, desc: str, enabled: bool, unit: str = "particle"):
 
 
 # Per-iteration metrics copied into the refine_global step record as curves (one value per iteration).
-_ITERATION_SUMMARY = ("resolution_angstrom", "improved", "median_angle_change_deg", "median_shift_change_angstrom", "mean_score")
+_ITERATION_SUMMARY = (
+    "resolution_angstrom", "focus_resolution_angstrom", "improved", "median_angle_change_deg", "median_shift_change_angstrom", "mean_score",
+)
+
+
+def _mask_label(mask: Any) -> str | None:
+    """How a mask argument is recorded in the history."""
+    if mask is None:
+        return None
+    return str(mask) if isinstance(mask, (str, os.PathLike)) else "array"
 
 
 class Session:
@@ -268,8 +277,43 @@ class Session:
         stops improving; the session keeps the best iteration, so it never ends worse than it
         started. Ctrl-C between iterations keeps the last finished one.
 
-        Returns the step record; ``history`` gets one ``refine_global_iteration`` record per iteration.
+        ``mask`` is the solvent mask of the FSC (MRC path on the session's grid or array).
+        Returns the step record (it displays the FSC of every iteration); ``history`` gets one
+        ``refine_global_iteration`` record per iteration.
         """
+        return self._refine(
+            "refine_global", n_iter, mask=mask, focus_mask=None, align=align, chunk_size=chunk_size, patience=patience,
+            gmm_fit_steps=gmm_fit_steps, device=device, progress=progress,
+        )
+
+    def focus(self, mask: Any) -> "Focus":
+        """A focused view of the session: ``s.focus(mask).refine(n_iter=3)``.
+
+        ``mask`` selects the region the alignment follows: an MRC path on the session's grid, an
+        array or DataArray of the map's shape with values in [0, 1], or a boolean array over
+        Gaussians (one entry per Gaussian of the session's GMM, both halves built with the same
+        number), which becomes a soft mask around the selected Gaussians of both halves.
+        """
+        from gmmsession.session.focus import Focus
+
+        return Focus(self, mask)
+
+    def _refine(
+        self,
+        name: str,
+        n_iter: int,
+        *,
+        mask: Any,
+        focus_mask: np.ndarray | None,
+        align: AlignConfig | None,
+        chunk_size: int,
+        patience: int,
+        gmm_fit_steps: int,
+        device: Any,
+        progress: bool,
+        extra_params: dict | None = None,
+    ) -> StepRecord:
+        """The refinement loop behind :meth:`refine_global` and :meth:`Focus.refine` (``focus_mask`` a volume or None)."""
         if self._half_maps is None:
             raise RuntimeError("no half maps yet: call session.reconstruct() first")
         check_half_sets(self.particles)
@@ -282,26 +326,31 @@ class Session:
             gmm=GmmBuildConfig(n_iter=gmm_fit_steps), device=str(dev),
         )
         mask_t = None if mask is None else torch.as_tensor(self._load_mask(mask))
+        focus_t = None if focus_mask is None else torch.as_tensor(focus_mask, dtype=torch.float32)
         px = self.pixel_size_angstrom
         maps = torch.as_tensor(self._half_maps.values)
         refs = {h: gmm_to_tensors(self._gmm, h) for h in (1, 2)}
         start_fsc = self.fsc(mask=mask)
+        start_focus = None if focus_mask is None else self.fsc(mask=focus_mask)
         n = int(self.particles.sizes["particle"])
-        bar_update, bar_close = _progress_bar(n * n_iter, "refine_global", progress)
+        bar_update, bar_close = _progress_bar(n * n_iter, name, progress)
         done_before = {"n": 0}  # particles aligned in earlier iterations (the callback counts within one)
         accepted = 0
         interrupted = False
-        iteration_curves: dict[str, list] = {}
+        curves: dict[str, list] = {}
         with Timer() as t:
             try:
                 for res in _refine_global(self.particles, self.optics, maps, refs, px, config, mask=mask_t,
-                                          progress=lambda stage, done, total: bar_update(done_before["n"] + done)):
+                                          progress=lambda stage, done, total: bar_update(done_before["n"] + done),
+                                          focus_mask=focus_t):
                     done_before["n"] = res.iteration * n
-                    self._record_iteration(res)
-                    iteration_curves[f"fsc_iteration_{res.iteration}"] = res.fsc.fsc.tolist()
+                    self._record_iteration(f"{name}_iteration", res)
+                    curves[f"fsc_iteration_{res.iteration}"] = res.fsc.fsc.tolist()
+                    if res.fsc_focus is not None:
+                        curves[f"fsc_focus_iteration_{res.iteration}"] = res.fsc_focus.fsc.tolist()
                     for key, value in self.history.last().metrics.items():
                         if key in _ITERATION_SUMMARY:
-                            iteration_curves.setdefault(f"iteration_{key}", []).append(float(value))
+                            curves.setdefault(f"iteration_{key}", []).append(float(value))
                     if res.improved:
                         self._accept_iteration(res)
                         accepted = res.iteration
@@ -310,33 +359,39 @@ class Session:
             finally:
                 bar_close()
         final_fsc = self.fsc(mask=mask)
+        metrics = {"start_resolution_angstrom": float(start_fsc.attrs["resolution_angstrom"]),
+                   "resolution_angstrom": float(final_fsc.attrs["resolution_angstrom"]),
+                   "accepted_iteration": accepted, "interrupted": interrupted}
+        curves = {"shell_resolution_angstrom": final_fsc["resolution_angstrom"].values.tolist(),
+                  "fsc_start": start_fsc.values.tolist(), **curves, "fsc": final_fsc.values.tolist()}
+        if focus_mask is not None:
+            final_focus = self.fsc(mask=focus_mask)
+            metrics.update(start_focus_resolution_angstrom=float(start_focus.attrs["resolution_angstrom"]),
+                           focus_resolution_angstrom=float(final_focus.attrs["resolution_angstrom"]))
+            curves.update(fsc_focus_start=start_focus.values.tolist(), fsc_focus=final_focus.values.tolist())
         self._record(
-            "refine_global",
-            {"n_iter": n_iter, "mask": None if mask is None else (str(mask) if isinstance(mask, (str, os.PathLike)) else "array"),
+            name,
+            {"n_iter": n_iter, "mask": _mask_label(mask), **(extra_params or {}),
              "chunk_size": chunk_size, "patience": patience, "gmm_fit_steps": gmm_fit_steps, "device": str(dev),
              "align": dataclasses.asdict(config.align)},
             t,
-            {"start_resolution_angstrom": float(start_fsc.attrs["resolution_angstrom"]),
-             "resolution_angstrom": float(final_fsc.attrs["resolution_angstrom"]),
-             "accepted_iteration": accepted, "interrupted": interrupted},
-            {"shell_resolution_angstrom": final_fsc["resolution_angstrom"].values.tolist(),
-             "fsc_start": start_fsc.values.tolist(), **iteration_curves, "fsc": final_fsc.values.tolist()},
+            metrics,
+            curves,
         )
         return self.history.last()
 
-    def _record_iteration(self, res: Any) -> None:
+    def _record_iteration(self, name: str, res: Any) -> None:
         t = Timer()
         t.started_utc, t.duration_s = "", res.seconds
-        self._record(
-            "refine_global_iteration",
-            {"iteration": res.iteration},
-            t,
-            {"resolution_angstrom": float(res.fsc.resolution_angstrom), "fsc_quality": res.quality, "improved": bool(res.improved),
-             "median_angle_change_deg": float(res.poses.angle_change_deg.median()),
-             "median_shift_change_angstrom": float(res.poses.shift_change_angstrom.median()),
-             "mean_score": float(res.poses.score.mean()), "mean_initial_score": float(res.poses.initial_score.mean())},
-            {"fsc": res.fsc.fsc.tolist()},
-        )
+        metrics = {"resolution_angstrom": float(res.fsc.resolution_angstrom), "fsc_quality": res.quality, "improved": bool(res.improved),
+                   "median_angle_change_deg": float(res.poses.angle_change_deg.median()),
+                   "median_shift_change_angstrom": float(res.poses.shift_change_angstrom.median()),
+                   "mean_score": float(res.poses.score.mean()), "mean_initial_score": float(res.poses.initial_score.mean())}
+        curves = {"fsc": res.fsc.fsc.tolist()}
+        if res.fsc_focus is not None:
+            metrics["focus_resolution_angstrom"] = float(res.fsc_focus.resolution_angstrom)
+            curves["fsc_focus"] = res.fsc_focus.fsc.tolist()
+        self._record(name, {"iteration": res.iteration}, t, metrics, curves)
 
     def _accept_iteration(self, res: Any) -> None:
         """Make an iteration's poses, half maps and references the session's state."""

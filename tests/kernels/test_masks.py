@@ -76,3 +76,31 @@ def test_threshold_mask_shrink():
     # A 1-voxel becomes 0 when a 0-voxel lies at distance < 2 (only the face neighbour at 1):
     # one layer is peeled, 8^3 -> 6^3.
     assert float(shrunk.sum()) == 6**3
+
+
+def test_sample_volume_at_follows_the_voxel_origin(device):
+    from gmmsession.kernels.masks import sample_volume_at
+
+    box, px = 12, 2.0
+    z, y, x = torch.meshgrid(*(torch.arange(box, dtype=torch.float64, device=device),) * 3, indexing="ij")
+    vol = 1.0 * x + 10.0 * y + 100.0 * z  # linear: trilinear interpolation is exact inside
+    c = box // 2
+    pts = torch.tensor([[0.0, 0.0, 0.0], [px, 0.0, 0.0], [0.5 * px, -1.5 * px, 2.25 * px]], dtype=torch.float64, device=device)
+    got = sample_volume_at(vol, pts, px)
+    want = torch.tensor([c + 10 * c + 100 * c, (c + 1) + 10 * c + 100 * c, (c + 0.5) + 10 * (c - 1.5) + 100 * (c + 2.25)],
+                        dtype=torch.float64, device=device)
+    assert torch.allclose(got, want, atol=1e-9)
+    # Outside the box: 0. Leading dimensions are kept.
+    far = torch.tensor([[[100.0, 0.0, 0.0]]], dtype=torch.float64, device=device)
+    assert sample_volume_at(vol, far, px).shape == (1, 1) and float(sample_volume_at(vol, far, px)) == 0.0
+
+
+def test_width_mask_widens_outside_only(device):
+    from gmmsession.kernels.masks import width_masked_sigmas
+
+    sig = torch.tensor([2.0, 2.0, 2.0, 2.0], device=device)
+    m = torch.tensor([1.0, 0.0, 0.5, 1.3], device=device)
+    out = width_masked_sigmas(sig, m)
+    assert torch.allclose(out, torch.tensor([2.0, 8.0, 2.0 / 0.625, 2.0], device=device))
+    with pytest.raises(ValueError, match="same shape"):
+        width_masked_sigmas(sig, m[:2])
