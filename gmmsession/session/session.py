@@ -298,6 +298,22 @@ class Session:
 
         return Focus(self, mask)
 
+    def patches(self, k: int = 8, *, seed: int = 0) -> "Patches":
+        """Split the GMM into ``k`` patches (K-means of the Gaussian centres of both halves) for
+        patch-by-patch refinement: ``p = s.patches(8); p.refine(n_iter=3); p.composite()``."""
+        from gmmsession.session.patches import Patches
+
+        return Patches(self, k=k, seed=seed)
+
+    def _state(self) -> dict[str, Any]:
+        """The refinable state (poses, half maps, GMMs); xarray objects are replaced, never edited, so references are safe."""
+        return {"particles": self._set.particles, "half_maps": self._half_maps, "gmm": self._gmm}
+
+    def _set_state(self, state: dict[str, Any]) -> None:
+        self._set.particles = state["particles"]
+        self._half_maps = state["half_maps"]
+        self._gmm = state["gmm"]
+
     def _refine(
         self,
         name: str,
@@ -312,8 +328,10 @@ class Session:
         device: Any,
         progress: bool,
         extra_params: dict | None = None,
+        label: str | None = None,
     ) -> StepRecord:
-        """The refinement loop behind :meth:`refine_global` and :meth:`Focus.refine` (``focus_mask`` a volume or None)."""
+        """The refinement loop behind :meth:`refine_global`, :meth:`Focus.refine` and
+        :meth:`Patches.refine` (``focus_mask`` a volume or None; ``label`` names the progress bar)."""
         if self._half_maps is None:
             raise RuntimeError("no half maps yet: call session.reconstruct() first")
         check_half_sets(self.particles)
@@ -333,7 +351,7 @@ class Session:
         start_fsc = self.fsc(mask=mask)
         start_focus = None if focus_mask is None else self.fsc(mask=focus_mask)
         n = int(self.particles.sizes["particle"])
-        bar_update, bar_close = _progress_bar(n * n_iter, name, progress)
+        bar_update, bar_close = _progress_bar(n * n_iter, label or name, progress)
         done_before = {"n": 0}  # particles aligned in earlier iterations (the callback counts within one)
         accepted = 0
         interrupted = False

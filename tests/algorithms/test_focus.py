@@ -73,3 +73,48 @@ def test_focus_mask_from_gaussians_and_bad_masks(hinge_session):
         s.focus(np.zeros(n, dtype=bool))
     with pytest.raises(GmmsessionInputError, match="shape"):
         s.focus(np.ones((4, 4, 4), dtype=np.float32))
+
+
+def test_one_patch_is_global_refinement(hinge_session):
+    """K = 1: the patch mask covers every Gaussian, so patch refinement is global refinement."""
+    sim, s0, d = hinge_session
+    a = gs.open_session(s0.save(d / "k1_a.gmms"))
+    b = gs.open_session(s0.save(d / "k1_b.gmms"))
+    kw = dict(gmm_fit_steps=10, chunk_size=120, progress=False)
+    ga = a.refine_global(n_iter=1, mask=sim.mask, **kw)
+    p = b.patches(k=1)
+    (step,) = p.refine(n_iter=1, solvent_mask=sim.mask, **kw)
+    assert step.params["global"] is True
+    r = p.results[0]
+    for v in ("rot_deg", "tilt_deg", "psi_deg", "origin_x_angstrom", "origin_y_angstrom"):
+        np.testing.assert_array_equal(r.particles[v].values, a.particles[v].values)
+    np.testing.assert_array_equal(r.half_maps.values, a.half_maps.values)
+    assert step.metrics["resolution_angstrom"] == ga.metrics["resolution_angstrom"]
+    # The session is back at the start until composite(); then the (single) patch's map inside its mask.
+    np.testing.assert_array_equal(b.half_maps.values, s0.half_maps.values)
+    comp = p.composite(solvent_mask=sim.mask)
+    assert comp.name == "patch_composite"
+    inside = p.masks.values[0] > 0
+    np.testing.assert_allclose(b.half_maps.values[:, inside], r.half_maps.values[:, inside], rtol=1e-5, atol=1e-6)
+
+
+def test_two_patches_refine_composite_and_export(hinge_session):
+    sim, s0, d = hinge_session
+    s = gs.open_session(s0.save(d / "k2.gmms"))
+    p = s.patches(k=2, seed=1)
+    assert p.masks.shape == (2, *s.half_maps.shape[1:]) and len(p.layout.radii_angstrom) == 2
+    steps = p.refine(n_iter=1, solvent_mask=sim.mask, gmm_fit_steps=10, chunk_size=120, progress=False)
+    assert [st.params["patch"] for st in steps] == [0, 1] and all(st.params["global"] is False for st in steps)
+    assert all("focus_resolution_angstrom" in st.metrics for st in steps)
+    with pytest.raises(ValueError, match="out of range"):
+        p.refine(patches=[2])
+    p.composite(solvent_mask=sim.mask)
+    want = (p.masks.values[:, None] * np.stack([p.results[i].half_maps.values for i in (0, 1)])).sum(0)
+    weight = p.masks.values.sum(0)
+    covered = weight > 0
+    np.testing.assert_allclose(s.half_maps.values[:, covered], (want / np.where(covered, weight, 1))[:, covered], rtol=1e-4, atol=1e-6)
+    out = p.export_star(0, d / "patch0.star")
+    back = gs.Session.from_star(out)
+    np.testing.assert_allclose(np.sort(back.particles["rot_deg"].values), np.sort(p.results[0].particles["rot_deg"].values), atol=1e-4)
+    with pytest.raises(KeyError, match="not been refined"):
+        p.export_star(5, d / "x.star")

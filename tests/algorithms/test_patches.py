@@ -1,0 +1,62 @@
+"""Patch layout, masks and the mask-weighted composite."""
+
+import numpy as np
+import pytest
+import torch
+
+from gmmsession.algorithms.patches import composite_half_maps, patch_layout, patch_masks
+
+
+def _two_blobs(seed=0):
+    rng = np.random.default_rng(seed)
+    a = rng.normal([-15.0, 0.0, 0.0], 2.0, size=(50, 3))
+    b = rng.normal([15.0, 0.0, 0.0], 2.0, size=(50, 3))
+    return np.concatenate([a, b])
+
+
+def test_layout_finds_the_clusters_and_radii():
+    pts = _two_blobs()
+    lay = patch_layout(np.concatenate([pts, np.full((3, 3), np.nan)]), k=2)  # NaN padding rows are ignored
+    assert lay.k == 2 and lay.labels.shape == (100,)
+    assert set(lay.labels[:50]) != set(lay.labels[50:])
+    order = np.argsort(lay.centres_angstrom[:, 0])
+    assert np.allclose(lay.centres_angstrom[order, 0], [-15.0, 15.0], atol=1.0)
+    for i in range(2):
+        members = pts[lay.labels == i]
+        assert lay.radii_angstrom[i] == pytest.approx(np.linalg.norm(members - lay.centres_angstrom[i], axis=1).max())
+    assert patch_layout(pts, k=1).labels.max() == 0
+    with pytest.raises(ValueError, match="cannot make"):
+        patch_layout(pts[:3], k=4)
+
+
+def test_masks_cover_their_members_and_composite_weights():
+    pts = _two_blobs()
+    lay = patch_layout(pts, k=2)
+    box, px = 40, 1.5
+    masks = patch_masks(lay, box, px)
+    assert masks.shape == (2, box, box, box)
+    c = box // 2
+    for i in range(2):
+        for p in pts[lay.labels == i]:
+            x, y, z = np.round(p / px).astype(int) + c
+            # The nearest voxel is up to sqrt(3)/2 px farther out than the member: on the 5 px
+            # cosine edge that is >= 0.5 + 0.5 cos(pi 0.87 / 5) = 0.93.
+            assert masks[i, z, y, x] >= 0.93
+    # Composite: each patch's map where only its mask reaches, the fallback where none does.
+    maps = torch.stack([torch.full((2, box, box, box), 1.0), torch.full((2, box, box, box), 3.0)])
+    maps[:, 1] *= 10  # half 2 differs: halves are never mixed
+    fallback = torch.full((2, box, box, box), -1.0)
+    out = composite_half_maps(maps, masks, fallback)
+    only0 = (masks[0] > 0) & (masks[1] == 0)
+    only1 = (masks[1] > 0) & (masks[0] == 0)
+    none = (masks[0] == 0) & (masks[1] == 0)
+    assert only0.any() and only1.any() and none.any()
+    # (M x / M rounds in float32: compare to 1e-6 relative.)
+    for h, scale in ((0, 1.0), (1, 10.0)):
+        assert torch.allclose(out[h][only0], torch.tensor(1.0 * scale), rtol=1e-6)
+        assert torch.allclose(out[h][only1], torch.tensor(3.0 * scale), rtol=1e-6)
+        assert torch.all(out[h][none] == -1.0)
+    both = (masks[0] > 0) & (masks[1] > 0)
+    if both.any():
+        w = masks[:, both]
+        assert torch.allclose(out[0][both], (w[0] * 1 + w[1] * 3) / (w[0] + w[1]))
