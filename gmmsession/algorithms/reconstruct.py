@@ -6,6 +6,11 @@ summable :class:`~gmmsession.kernels.reconstruct.FourierAccumulator` per half se
 ``relion_reconstruct --ctf --subset 1|2`` (no ``--fsc``): images are CTF-weighted
 (``data += CTF * F``, ``weight += CTF^2``), shifted by ``+origin`` and inserted with trilinear
 weights into a 2x padded Fourier grid.
+
+With ``ReconstructConfig(symmetry="C3")`` (any group of
+:func:`gmmsession.kernels.symmetry.symmetry_operators`) every image at pose ``A`` is inserted
+once per operator, at ``A @ S_k`` (data and weights alike), as ``relion_reconstruct --sym``
+reconstructs; ``"C1"`` runs the unchanged single insertion.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from gmmsession.kernels.conventions import image_shift_angstrom_from_origin
 from gmmsession.kernels.ctf import ctf_2d
 from gmmsession.kernels.fourier import fourier_shift_rfft_2d, rfft_centered_2d, rfft_frequencies_2d
 from gmmsession.kernels.reconstruct import FourierAccumulator, backproject_slices_rfft_2d, finalise_reconstruction
+from gmmsession.kernels.symmetry import normalise_symmetry_name, symmetry_operators
 
 __all__ = ["ReconstructConfig", "backproject_chunk", "accumulate_chunk", "finalise_half_maps", "reconstruct_half_maps"]
 
@@ -60,6 +66,11 @@ class ReconstructConfig:
     prefetch_chunks : int
         Chunks read ahead in a background thread (0: read inline), so reading the stack
         overlaps with insertion.
+    symmetry : str
+        Point group imposed during insertion (RELION ``--sym``): ``"C1"`` (none), ``"Cn"``,
+        ``"Dn"``, ``"T"``, ``"O"``, ``"I"`` / ``"I1"`` .. ``"I4"`` in RELION's orientations,
+        case-insensitive. Each image at pose ``A`` is inserted at ``A @ S_k`` for every operator
+        ``S_k`` (n_ops times the insertion work, no extra memory).
     """
 
     pad_factor: int = 2
@@ -71,6 +82,10 @@ class ReconstructConfig:
     parallel_halves: bool = True
     torch_threads: int | None = None
     prefetch_chunks: int = 1
+    symmetry: str = "C1"
+
+    def __post_init__(self) -> None:
+        normalise_symmetry_name(self.symmetry)  # ValueError for an unknown group, before any work
 
 
 def _prepare_spectra(
@@ -165,6 +180,7 @@ def accumulate_chunk(
     pixel = params.pixel_size_angstrom.to(torch.float32)
     scale = (out_box * out_pixel_size) / (b * pixel)
     radius = _max_radius_px(out_box, out_pixel_size, config)
+    operators = symmetry_operators(config.symmetry, device=device)  # float64, identity first
 
     def insert(half: int) -> tuple[int, FourierAccumulator]:
         # Everything per half set, so that the two halves can run in parallel threads.
@@ -174,7 +190,14 @@ def accumulate_chunk(
         acc = accumulators.get(half)
         if acc is None:
             acc = FourierAccumulator.zeros(out_box, config.pad_factor, device=device)
-        backproject_slices_rfft_2d(spectra, sub.rotation, acc, ctf=ctf, frequency_scale=scale[sel], max_radius_px=radius)
+        if operators.shape[0] == 1:  # C1: the plain insertion, bit-identical to no symmetry
+            backproject_slices_rfft_2d(spectra, sub.rotation, acc, ctf=ctf, frequency_scale=scale[sel], max_radius_px=radius)
+            return half, acc
+        # The image at pose A is also a view at A @ S for every operator S (kernels.symmetry).
+        rotation64 = sub.rotation.to(torch.float64)
+        for op in operators:
+            rotation = (rotation64 @ op).to(sub.rotation.dtype)
+            backproject_slices_rfft_2d(spectra, rotation, acc, ctf=ctf, frequency_scale=scale[sel], max_radius_px=radius)
         return half, acc
 
     present = [h for h in HALVES if bool((halves == h).any())]
