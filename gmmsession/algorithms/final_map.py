@@ -39,8 +39,8 @@ import pandas as pd
 import torch
 
 from gmmsession.algorithms.postprocess import FscResult, gold_standard_fsc
-from gmmsession.kernels.filters import apply_bfactor_3d, lowpass_3d
-from gmmsession.kernels.fourier import irfft_centered_3d, rfft_centered_3d
+from gmmsession.kernels.filters import lowpass_3d
+from gmmsession.kernels.fourier import irfft_centered_3d, rfft_centered_3d, rfft_frequencies_3d
 from gmmsession.kernels.fsc import shell_index_rfft, shell_sums_rfft
 from gmmsession.kernels.locres import local_resolution_3d
 
@@ -163,8 +163,8 @@ def local_resolution(
         crop_size=crop,
         pixel_size_angstrom=float(pixel_size_angstrom),
         sampling_angstrom=float(sampling_angstrom),
-        radius_angstrom=round(radius_a / pixel_size_angstrom) * float(pixel_size_angstrom),
-        edge_angstrom=round(edge_a / pixel_size_angstrom) * float(pixel_size_angstrom),
+        radius_angstrom=math.floor(radius_a / pixel_size_angstrom + 0.5) * float(pixel_size_angstrom),
+        edge_angstrom=math.floor(edge_a / pixel_size_angstrom + 0.5) * float(pixel_size_angstrom),
         randomize_at_angstrom=randomize_at_angstrom,
         min_resolution_angstrom=float(min_resolution_angstrom),
         median_angstrom=median,
@@ -253,11 +253,10 @@ def _check_volume(volume: torch.Tensor, name: str) -> int:
     return int(volume.shape[0])
 
 
-def _shell_mean_amplitude(volume: torch.Tensor) -> torch.Tensor:
-    """Mean ``|F| / box^3`` per shell ``0 .. box // 2`` (rfft half-space, RELION ``makeGuinierPlot``); float64."""
-    box = int(volume.shape[-1])
-    idx = shell_index_rfft(box, 3, device=volume.device)
-    amp = rfft_centered_3d(volume).abs().to(torch.float64) / float(box) ** 3
+def _shell_mean_amplitude(spectrum: torch.Tensor, box: int) -> torch.Tensor:
+    """Mean ``|F| / box^3`` per shell ``0 .. box // 2`` of a centred rfft (RELION ``makeGuinierPlot``); float64."""
+    idx = shell_index_rfft(box, 3, device=spectrum.device)
+    amp = spectrum.abs().to(torch.float64) / float(box) ** 3
     n = box // 2 + 1
     sums = shell_sums_rfft(amp, idx, n)
     counts = shell_sums_rfft(torch.ones_like(amp), idx, n)
@@ -278,7 +277,7 @@ def radial_amplitude_profile(volume: torch.Tensor, pixel_size_angstrom: float) -
     and the mean ``|F| / box^3`` over shell ``i`` (RELION's Guinier amplitude, before the log).
     """
     box = _check_volume(volume, "volume")
-    amp = _shell_mean_amplitude(volume).cpu().numpy()
+    amp = _shell_mean_amplitude(rfft_centered_3d(volume), box).cpu().numpy()
     return np.arange(box // 2 + 1) / (box * pixel_size_angstrom), amp
 
 
@@ -302,14 +301,28 @@ def fsc_weights(fsc: np.ndarray) -> np.ndarray:
     return w
 
 
+def _shell_table(weights: np.ndarray, box: int, like: torch.Tensor) -> torch.Tensor:
+    """Per-element factor on the rfft grid: ``weights[i]`` on shell ``i``, 0 beyond the last given shell."""
+    idx = shell_index_rfft(box, 3, device=like.device)
+    table = torch.zeros(box // 2 + 2, dtype=like.real.dtype, device=like.device)
+    table[: len(weights)] = torch.as_tensor(weights, dtype=like.real.dtype, device=like.device)
+    return table[idx]
+
+
 def _apply_shell_weights(volume: torch.Tensor, weights: np.ndarray) -> torch.Tensor:
-    """Multiply every rfft element of shell ``i`` by ``weights[i]``; zero beyond the last shell."""
+    """Multiply every rfft element of shell ``i`` of a real volume by ``weights[i]``; zero beyond the last shell."""
     box = int(volume.shape[-1])
-    idx = shell_index_rfft(box, 3, device=volume.device)
-    table = torch.zeros(box // 2 + 2, dtype=volume.dtype, device=volume.device)
-    table[: len(weights)] = torch.as_tensor(weights, dtype=volume.dtype, device=volume.device)
-    spectrum = rfft_centered_3d(volume) * table[idx]
-    return irfft_centered_3d(spectrum, box)
+    spectrum = rfft_centered_3d(volume)
+    return irfft_centered_3d(spectrum * _shell_table(weights, box, spectrum), box)
+
+
+def _bfactor_envelope(box: int, pixel_size_angstrom: float, bfactor_angstrom2: float, like: torch.Tensor) -> torch.Tensor:
+    """``exp(-B |k|^2 / 4)`` up to Nyquist, 0 beyond, on the rfft grid (RELION ``applyBFactorToMap``,
+    the same factor as :func:`gmmsession.kernels.filters.apply_bfactor_3d`)."""
+    k2 = rfft_frequencies_3d(box, pixel_size_angstrom, device=like.device, dtype=torch.float64).square().sum(-1)
+    inside = k2 <= (1.0 / (2.0 * pixel_size_angstrom)) ** 2
+    env = torch.where(inside, torch.exp(-(bfactor_angstrom2 / 4.0) * k2), torch.zeros_like(k2))
+    return env.to(like.real.dtype)
 
 
 def guinier_fit(
@@ -336,10 +349,9 @@ def guinier_fit(
     return float(slope), float(ys.mean() - slope * xs.mean()), float(corr), used
 
 
-def _log_amplitude(volume: torch.Tensor) -> np.ndarray:
-    amp = _shell_mean_amplitude(volume).cpu().numpy()
-    with np.errstate(divide="ignore"):
-        return np.where(amp > 0, np.log(np.where(amp > 0, amp, 1.0)), np.nan)
+def _log_amplitude(spectrum: torch.Tensor, box: int) -> np.ndarray:
+    amp = _shell_mean_amplitude(spectrum, box).cpu().numpy()
+    return np.where(amp > 0, np.log(np.where(amp > 0, amp, 1.0)), np.nan)
 
 
 def sharpen(
@@ -404,7 +416,9 @@ def sharpen(
     with np.errstate(divide="ignore"):
         shell_res = box * pixel_size_angstrom / shells
     guinier_x = (shells / (box * pixel_size_angstrom)) ** 2
-    guinier_input = _log_amplitude(average)
+    # All steps on the spectrum, as RELION: shells zeroed by the weighting stay exactly zero.
+    spectrum = rfft_centered_3d(average)
+    guinier_input = _log_amplitude(spectrum, box)
 
     method = "none"
     if amplitude_profile is not None:
@@ -412,10 +426,11 @@ def sharpen(
         target = _profile_on_shells(amplitude_profile, box, pixel_size_angstrom)
         current = np.exp(np.nan_to_num(guinier_input, nan=-np.inf))
         scale = np.where(current > 0, target / np.where(current > 0, current, 1.0), 0.0)
-        average = _apply_shell_weights(average, scale)
+        spectrum = spectrum * _shell_table(scale, box, spectrum)
 
-    weighted = _apply_shell_weights(average, fsc_weights(fsc.fsc)) if fsc_weighting else average
-    guinier_weighted = _log_amplitude(weighted)
+    if fsc_weighting:
+        spectrum = spectrum * _shell_table(fsc_weights(fsc.fsc), box, spectrum)
+    guinier_weighted = _log_amplitude(spectrum, box)
 
     slope = intercept = corr = math.nan
     used = np.zeros(box // 2 + 1, dtype=bool)
@@ -428,10 +443,10 @@ def sharpen(
             b_value, method = 4.0 * slope, "auto_bfactor"
         elif bfactor is not None:
             b_value, method = float(bfactor), "bfactor"
-    sharpened = weighted
     if b_value is not None and b_value != 0:
-        sharpened = apply_bfactor_3d(weighted, pixel_size_angstrom, b_value)
-    guinier_sharpened = _log_amplitude(sharpened)
+        spectrum = spectrum * _bfactor_envelope(box, pixel_size_angstrom, b_value, spectrum)
+    guinier_sharpened = _log_amplitude(spectrum, box)
+    sharpened = irfft_centered_3d(spectrum, box)
 
     applied: float | None = None
     if isinstance(lowpass_angstrom, str):

@@ -3,7 +3,8 @@
 The recipe of RELION 3.1 ``Postprocessing::run_locres`` (``src/postprocessing.cpp``), with the
 work reorganised for speed:
 
-* **Sample grid.** Window centres every ``step_px = round(sampling / pixel)`` voxels on each
+* **Sample grid.** Window centres every ``step_px = round(sampling / pixel)`` voxels (RELION's
+  rounding, halves up) on each
   axis, at ``-box // 2 + n * step_px`` voxels from the origin voxel ``box // 2`` (RELION's
   Xmipp-origin loop), kept where their distance to the origin is ``< box // 2 - radius_px``
   (RELION's sphere). :func:`locres_sample_centres` builds it; callers may restrict it further
@@ -89,6 +90,11 @@ class LocalResolution3d(NamedTuple):
     resolution_angstrom: torch.Tensor
     fsc: torch.Tensor
     crop_size: int
+
+
+def _relion_round(value: float) -> int:
+    """RELION's ``ROUND``: halves away from zero (Python's ``round`` rounds them to even)."""
+    return int(math.floor(value + 0.5)) if value >= 0 else -int(math.floor(-value + 0.5))
 
 
 def locres_sample_centres(
@@ -376,9 +382,9 @@ def local_resolution_3d(
     half2 = half2.to(half1.device, half1.dtype)
     radius_a = 0.5 * sampling_angstrom if radius_angstrom is None else radius_angstrom
     edge_a = sampling_angstrom if edge_angstrom is None else edge_angstrom
-    step_px = max(1, round(sampling_angstrom / pixel_size_angstrom))
-    radius_px = round(radius_a / pixel_size_angstrom)
-    edge_px = round(edge_a / pixel_size_angstrom)
+    step_px = max(1, _relion_round(sampling_angstrom / pixel_size_angstrom))
+    radius_px = _relion_round(radius_a / pixel_size_angstrom)
+    edge_px = _relion_round(edge_a / pixel_size_angstrom)
     crop = locres_window_crop_size(radius_px, edge_px) if crop_size is None else int(crop_size)
     if crop < 2 or crop % 2:
         raise ValueError(f"crop_size must be even and >= 2, got {crop}")
