@@ -20,6 +20,7 @@ from gmmsession.algorithms.gmm_build import build_gmm as _build_gmm
 from gmmsession.algorithms.align import AlignConfig
 from gmmsession.algorithms.postprocess import gold_standard_fsc
 from gmmsession.algorithms.refine import GlobalRefineConfig
+from gmmsession.algorithms.symmetry import expand_symmetry as _expand_symmetry
 from gmmsession.algorithms.refine import refine_global as _refine_global
 from gmmsession.algorithms.reconstruct import ReconstructConfig, reconstruct_half_maps
 from gmmsession.data.bridge import fsc_dataarray, half_maps_dataarray
@@ -34,6 +35,7 @@ from gmmsession.data.io.stack import ParticleImageReader
 from gmmsession.data.particles import ParticleSet, check_half_sets, check_poses
 from gmmsession.kernels.conventions import matrix_to_euler_relion
 from gmmsession.kernels.device import resolve_device
+from gmmsession.kernels.symmetry import normalise_symmetry_name
 from gmmsession.session.store import session_input_paths
 from gmmsession.session.history import History, StepRecord, Timer, environment_versions
 
@@ -57,6 +59,14 @@ def _progress_bar(total: int, desc: str, enabled: bool, unit: str = "particle"):
 _ITERATION_SUMMARY = (
     "resolution_angstrom", "focus_resolution_angstrom", "improved", "median_angle_change_deg", "median_shift_change_angstrom", "mean_score",
 )
+
+
+def _set_symmetry(pset: ParticleSet, symmetry: str) -> None:
+    """Record the (validated, canonical) point group on the particle table, where it is saved with the session."""
+    try:
+        pset.particles.attrs["symmetry"] = normalise_symmetry_name(symmetry)
+    except ValueError as exc:
+        raise GmmsessionInputError(f"symmetry {symmetry!r}: {exc}") from None
 
 
 def _mask_label(mask: Any) -> str | None:
@@ -98,26 +108,34 @@ class Session:
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_star(
-        cls, path: str | os.PathLike, stacks_root: str | os.PathLike | None = None, *, seed: int = 0, device: Any = None
+        cls, path: str | os.PathLike, stacks_root: str | os.PathLike | None = None, *, seed: int = 0, device: Any = None,
+        symmetry: str = "C1",
     ) -> "Session":
         """Open a RELION 3.0/3.1/4/5 particle star file (e.g. ``Refine3D/job042/run_data.star``).
 
         Image names ``N@stack.mrcs`` resolve relative to the star file's folder or ``stacks_root``.
         Without a half-set column (``rlnRandomSubset``) the particles are split into two halves
-        by a seeded permutation, recorded in the history.
+        by a seeded permutation, recorded in the history. ``symmetry`` is the point group of the
+        refinement (RELION names: C1, Cn, Dn, T, O, I1-I4); reconstructions impose it.
         """
         with Timer() as t:
             pset = read_relion_star(path, stacks_root=stacks_root, split_seed=seed)
-        return cls._from_set(pset, "from_star", {"path": str(path), "stacks_root": _str(stacks_root), "seed": seed}, t, seed, device)
+            _set_symmetry(pset, symmetry)
+        return cls._from_set(pset, "from_star", {"path": str(path), "stacks_root": _str(stacks_root), "seed": seed,
+                                                 "symmetry": pset.particles.attrs["symmetry"]}, t, seed, device)
 
     @classmethod
     def from_cryosparc(
-        cls, path: str | os.PathLike, stacks_root: str | os.PathLike | None = None, *, seed: int = 0, device: Any = None
+        cls, path: str | os.PathLike, stacks_root: str | os.PathLike | None = None, *, seed: int = 0, device: Any = None,
+        symmetry: str = "C1",
     ) -> "Session":
-        """Open a cryoSPARC ``.cs`` particle file; ``stacks_root`` is the cryoSPARC project folder."""
+        """Open a cryoSPARC ``.cs`` particle file; ``stacks_root`` is the cryoSPARC project folder.
+        ``symmetry`` as in :meth:`from_star`."""
         with Timer() as t:
             pset = read_cryosparc(path, stacks_root=stacks_root, split_seed=seed)
-        return cls._from_set(pset, "from_cryosparc", {"path": str(path), "stacks_root": _str(stacks_root), "seed": seed}, t, seed, device)
+            _set_symmetry(pset, symmetry)
+        return cls._from_set(pset, "from_cryosparc", {"path": str(path), "stacks_root": _str(stacks_root), "seed": seed,
+                                                      "symmetry": pset.particles.attrs["symmetry"]}, t, seed, device)
 
     @classmethod
     def _from_set(cls, pset: ParticleSet, name: str, params: dict, t: Timer, seed: int, device: Any) -> "Session":
@@ -129,6 +147,11 @@ class Session:
         return s
 
     # ------------------------------------------------------------------ state
+    @property
+    def symmetry(self) -> str:
+        """Point group imposed in reconstructions (``"C1"`` after :meth:`expand_symmetry`)."""
+        return str(self.particles.attrs.get("symmetry", "C1"))
+
     @property
     def particles(self) -> xr.Dataset:
         """Per-particle poses, CTF, half set and image location (dimension ``particle``, input order)."""
@@ -170,7 +193,7 @@ class Session:
         check_half_sets(self.particles)
         check_poses(self.particles)
         dev = resolve_device(device if device is not None else self._device)
-        config = ReconstructConfig(pad_factor=pad_factor, chunk_size=chunk_size, device=str(dev))
+        config = ReconstructConfig(pad_factor=pad_factor, chunk_size=chunk_size, device=str(dev), symmetry=self.symmetry)
         n = int(self.particles.sizes["particle"])
         update, close = _progress_bar(n, "reconstruct", progress)
         with Timer() as t:
@@ -298,6 +321,23 @@ class Session:
 
         return Focus(self, mask)
 
+    def expand_symmetry(self) -> StepRecord:
+        """Expand the particles to C1 for focused work: each particle repeated at its symmetry-related
+        poses (``A @ S_k``, as ``relion_particle_symmetry_expand``), half sets kept; the session's
+        symmetry becomes C1. The half maps (a symmetric reconstruction) stay valid: the expanded set
+        reconstructs to the same maps in C1. ``export_star`` then writes one row per copy.
+        Re-impose the symmetry on a focused result with
+        :func:`gmmsession.algorithms.symmetry.symmetrize_map` (mask-weighted)."""
+        group = self.symmetry
+        if group == "C1":
+            raise RuntimeError("the session's symmetry is C1: nothing to expand (open it with symmetry='C3', say)")
+        with Timer() as t:
+            expanded = _expand_symmetry(self.particles, group)
+            expanded.attrs["symmetry"] = "C1"
+            self._set.particles = expanded
+        self._record("expand_symmetry", {"symmetry": group}, t, {"n_particles": int(expanded.sizes["particle"])})
+        return self.history.last()
+
     def patches(self, k: int = 8, *, seed: int = 0) -> "Patches":
         """Split the GMM into ``k`` patches (K-means of the Gaussian centres of both halves) for
         patch-by-patch refinement: ``p = s.patches(8); p.refine(n_iter=3); p.composite()``."""
@@ -341,7 +381,7 @@ class Session:
         dev = resolve_device(device if device is not None else self._device)
         config = GlobalRefineConfig(
             n_iter=n_iter, align=align if align is not None else AlignConfig(), chunk_size=chunk_size, patience=patience,
-            gmm=GmmBuildConfig(n_iter=gmm_fit_steps), device=str(dev),
+            gmm=GmmBuildConfig(n_iter=gmm_fit_steps), device=str(dev), reconstruct=ReconstructConfig(symmetry=self.symmetry),
         )
         mask_t = None if mask is None else torch.as_tensor(self._load_mask(mask))
         focus_t = None if focus_mask is None else torch.as_tensor(focus_mask, dtype=torch.float32)

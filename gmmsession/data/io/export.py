@@ -60,11 +60,18 @@ def _relion_blocks(
     df: pd.DataFrame = blocks[pb].reset_index(drop=True)
     file_keys, _ = particle_keys(df)
     keys = np.asarray(particles["particle_key"].values, dtype=object)
-    _check_unique(keys)
+    expanded = "symmetry_operator" in particles
+    if not expanded:
+        _check_unique(keys)
     rows = pd.Index(file_keys).get_indexer(keys)
     if (rows < 0).any():
         bad = particles["image_name"].values[rows < 0][0]
         raise GmmsessionInputError(f"particle {bad} is not in the source file {source.path}; cannot export it there")
+    if expanded:
+        # A symmetry-expanded set (see gmmsession.algorithms.symmetry): one row per copy, the
+        # source row repeated, as relion_particle_symmetry_expand writes it.
+        df = df.iloc[rows].reset_index(drop=True)
+        rows = np.arange(len(df))
 
     for var, col in _ANGLES:
         values = np.asarray(particles[var].values, dtype=np.float64)
