@@ -8,7 +8,7 @@ import numpy as np
 import plotly.graph_objects as go
 import xarray as xr
 
-__all__ = ["fsc_figure", "step_fsc_curves", "step_fsc_figure", "fsc_svg"]
+__all__ = ["fsc_figure", "step_fsc_curves", "step_fsc_figure", "fsc_svg", "gmm_figure"]
 
 _PALETTE = ("#999999", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
 
@@ -109,3 +109,88 @@ def fsc_svg(*curves: tuple[str, np.ndarray, np.ndarray], width: int = 360, heigh
         parts.append(f"<text x='{left + w + 23}' y='{ly}'>{html.escape(label)}</text>")
     parts.append("</svg>")
     return "".join(parts)
+
+
+_GMM_HALF_SYMBOLS = ("circle", "diamond", "square", "cross")
+
+
+def gmm_figure(gmm: xr.Dataset, half: int | None = None, color: str = "amplitude", *, max_marker_size: float = 20.0) -> go.Figure:
+    """3D scatter of a GMM's Gaussian centres (plotly), one trace per half.
+
+    Parameters
+    ----------
+    gmm : dataset of :attr:`Session.gmm` (dims ``half``, ``gaussian``, ``xyz``) or a single GMM
+        (dims ``gaussian``, ``xyz``): ``position_angstrom`` (Å, from voxel ``box // 2``),
+        ``amplitude``, ``width_angstrom`` (Å).
+    half : 1 or 2 to show one half's GMM; None shows every half (one trace each).
+    color : name of a per-Gaussian variable (dims ``[half,] gaussian``) that colours the markers,
+        on one colour scale shared by the halves. Default ``"amplitude"``.
+    max_marker_size : marker size (px) of the widest Gaussian shown; sizes are proportional to
+        ``width_angstrom`` (at least 2 px).
+
+    Returns
+    -------
+    plotly ``Figure`` with one ``Scatter3d`` trace per half shown, named ``"half <h>"``; axes
+    titled in Å; hover text gives the half, the Gaussian index, its amplitude and width.
+    Padding rows (NaN, where the halves have different numbers of Gaussians) are left out.
+
+    Raises
+    ------
+    ValueError
+        If ``gmm`` lacks a GMM variable, ``color`` names no per-Gaussian variable, or ``half``
+        is not one of the dataset's halves.
+    """
+    missing = [v for v in ("position_angstrom", "amplitude", "width_angstrom") if v not in gmm]
+    if missing:
+        raise ValueError(f"not a GMM dataset: missing variables {missing}")
+    per_gaussian = [str(name) for name, v in gmm.data_vars.items() if "gaussian" in v.dims and set(v.dims) <= {"half", "gaussian"}]
+    if color not in per_gaussian:
+        raise ValueError(f"color must name a per-Gaussian variable of the GMM dataset, one of {per_gaussian}; got {color!r}")
+    has_halves = "half" in gmm.dims
+    available = [int(h) for h in gmm["half"].values] if has_halves else []
+    if half is not None:
+        if not has_halves:
+            raise ValueError(f"the GMM dataset has no half dimension, got half={half}")
+        if half not in available:
+            raise ValueError(f"half must be one of {available} (or None for all), got {half}")
+    shown = ([half] if half is not None else available) if has_halves else [None]
+
+    parts = []
+    for h in shown:
+        g = gmm.sel(half=h) if h is not None else gmm
+        pos = np.asarray(g["position_angstrom"].transpose("gaussian", "xyz").sel(xyz=["x", "y", "z"]).values, dtype=float)
+        amp = np.asarray(g["amplitude"].values, dtype=float)
+        wid = np.asarray(g["width_angstrom"].values, dtype=float)
+        col = np.asarray(g[color].transpose("gaussian").values, dtype=float)
+        keep = np.isfinite(pos).all(-1) & np.isfinite(amp) & np.isfinite(wid)
+        parts.append((h, np.asarray(g["gaussian"].values)[keep], pos[keep], amp[keep], wid[keep], col[keep]))
+
+    widths = np.concatenate([p[4] for p in parts])
+    colors = np.concatenate([p[5] for p in parts])
+    wmax = float(widths.max()) if widths.size and widths.max() > 0 else 1.0
+    finite = colors[np.isfinite(colors)]
+    cmin, cmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    color_label = f"{color} ({gmm[color].attrs['units']})" if "units" in gmm[color].attrs else color
+
+    fig = go.Figure()
+    for i, (h, index, pos, amp, wid, col) in enumerate(parts):
+        label = f"half {h}" if h is not None else "GMM"
+        extra = color not in ("amplitude", "width_angstrom")  # the colour variable's value joins the hover text
+        text = [
+            f"{label}, Gaussian {int(j)}<br>amplitude {a:.4g}<br>width {w:.2f} Å" + (f"<br>{color} {c:.4g}" if extra else "")
+            for j, a, w, c in zip(index, amp, wid, col)
+        ]
+        fig.add_trace(go.Scatter3d(
+            x=pos[:, 0], y=pos[:, 1], z=pos[:, 2], mode="markers", name=label, text=text,
+            hovertemplate="%{text}<br>(%{x:.1f}, %{y:.1f}, %{z:.1f}) Å<extra></extra>",
+            marker={"size": np.maximum(max_marker_size * wid / wmax, 2.0), "color": col, "colorscale": "Viridis",
+                    "cmin": cmin, "cmax": cmax, "showscale": i == 0, "colorbar": {"title": {"text": color_label}},
+                    "symbol": _GMM_HALF_SYMBOLS[i % len(_GMM_HALF_SYMBOLS)], "opacity": 0.8, "line": {"width": 0}},
+        ))
+    fig.update_layout(
+        title="GMM: " + "; ".join(f"{t.name}: {len(t.x)} Gaussians" if h is not None else f"{len(t.x)} Gaussians"
+                                  for t, (h, *_) in zip(fig.data, parts)),
+        scene={"xaxis_title": "x (Å)", "yaxis_title": "y (Å)", "zaxis_title": "z (Å)", "aspectmode": "data"},
+        legend={"x": 0.0, "y": 1.0}, template="plotly_white",
+    )
+    return fig
