@@ -42,6 +42,8 @@ def main() -> None:
     ap.add_argument("--scoring", default="frc")
     ap.add_argument("--band-average", default="ring")
     ap.add_argument("--seed", type=int, default=41)
+    ap.add_argument("--no-tf32", dest="tf32", action="store_false", help="AlignConfig(tf32=False) on CUDA")
+    ap.add_argument("--batch", type=int, default=None, help="AlignConfig.batch_size (default: 16 on CPU, 256 on CUDA)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="gmms-refine-"))
     t = time.perf_counter()
@@ -65,7 +67,8 @@ def main() -> None:
     print(f"build_gmm: {time.perf_counter() - t:.1f} s; {step.metrics}")
     t = time.perf_counter()
     step = s.refine_global(n_iter=args.n_iter, mask=sim.mask, progress=False,
-                           align=AlignConfig(scoring=args.scoring, band_average=args.band_average))
+                           align=AlignConfig(scoring=args.scoring, band_average=args.band_average, tf32=args.tf32,
+                                             batch_size=args.batch))
     print(f"refine_global: {time.perf_counter() - t:.1f} s; {step.metrics}")
     for r in s.history:
         if r.name == "refine_global_iteration":

@@ -62,6 +62,8 @@ from gmmsession.kernels.scoring import (
 __all__ = ["AlignConfig", "PoseUpdate", "refine_poses_chunk", "refine_poses", "concat_pose_updates"]
 
 SCORINGS = ("frc", "ctf_exact")
+# Particles per Adam batch when AlignConfig.batch_size is None (see its docstring).
+_DEFAULT_BATCH = {"cpu": 16, "cuda": 256}
 BAND_AVERAGES = ("ring", "pooled")
 
 
@@ -79,8 +81,11 @@ class AlignConfig:
         ``learning_rate * final_lr_fraction``.
     final_lr_fraction : float
         Learning rate at the last step relative to the first (1.0: constant).
-    batch_size : int
-        Particles optimised together (paper: 16). Results do not depend on it.
+    batch_size : int or None
+        Particles optimised together. Results do not depend on it. None: 16 on the CPU (the
+        paper's default), 256 on CUDA (kernel launches dominate small batches there: at the
+        paper's GPCR scale on an H200, 661 particles/s at 64 vs 1,305 at 256 in fp32; peak
+        memory 2.1 and 5.5 GiB).
     max_resolution_angstrom : float or None
         Finest resolution scored (Å). Images are Fourier-cropped and projections computed only
         up to it, so the cost follows this, not the box. None: Nyquist, no crop.
@@ -109,12 +114,18 @@ class AlignConfig:
         Unit of the shift parameter (Å); None: the GMM's amplitude-weighted radius of gyration.
     device : str or None
         Where to compute; None: the device of the images.
+    tf32 : bool
+        On CUDA, let the projection's matrix products use TF32 tensor cores (10-bit mantissa);
+        no effect on the CPU. On by default: on an H200 it made the GPCR-scale kernel 1.3x
+        faster (1,705 vs 1,305 particles/s at batch 256) and global refinement of 5,000
+        simulated particles ended at the same accuracy (0.92 vs 0.91 degrees median error,
+        3.00 Å both).
     """
 
     n_steps: int = 10
     learning_rate: float = 0.02
     final_lr_fraction: float = 0.1
-    batch_size: int = 16
+    batch_size: int | None = None
     max_resolution_angstrom: float | None = None
     min_resolution_angstrom: float | None = 40.0
     scoring: str = "ctf_exact"
@@ -124,13 +135,14 @@ class AlignConfig:
     length_scale_angstrom: float | None = None
     adam_betas: tuple[float, float] = (0.5, 0.9)
     device: str | None = None
+    tf32: bool = True
 
     def __post_init__(self) -> None:
         if self.scoring not in SCORINGS:
             raise ValueError(f"scoring must be one of {SCORINGS}, got {self.scoring!r}")
         if self.band_average not in BAND_AVERAGES:
             raise ValueError(f"band_average must be one of {BAND_AVERAGES}, got {self.band_average!r}")
-        if self.n_steps < 0 or self.batch_size < 1:
+        if self.n_steps < 0 or (self.batch_size is not None and self.batch_size < 1):
             raise ValueError(f"need n_steps >= 0 and batch_size >= 1, got {self.n_steps}, {self.batch_size}")
         if not self.learning_rate > 0 or not 0 < self.final_lr_fraction <= 1:
             raise ValueError(
@@ -246,19 +258,25 @@ def refine_poses_chunk(
     freqs = rfft_frequencies_2d(b, pixel_size_angstrom * box / b, device=device, dtype=dtype)  # same spacing as the full box
 
     out: dict[str, list[torch.Tensor]] = {k: [] for k in ("rotation", "origin", "score", "initial")}
-    for start in range(0, n, config.batch_size):
-        sl = slice(start, min(start + config.batch_size, n))
-        sub = params.select(sl)
-        spectra = crop_rfft_2d(rfft_centered_2d(images[sl].to(device, dtype)), b)
-        spectra, ctf = phase_flipped_spectra(spectra, freqs, sub.ctf_kwargs(), flip=config.scoring == "frc")
-        rot, origin, score, initial = _refine_batch(
-            spectra, ctf if config.scoring == "ctf_exact" else None, sub, pos, amp, sig, box, pixel_size_angstrom,
-            max_frequency, ring_index, weights, length, config,
-        )
-        out["rotation"].append(rot)
-        out["origin"].append(origin)
-        out["score"].append(score)
-        out["initial"].append(initial)
+    batch_size = config.batch_size or _DEFAULT_BATCH.get(device.type, _DEFAULT_BATCH["cuda"])
+    tf32_before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = bool(config.tf32 and device.type == "cuda")
+    try:
+        for start in range(0, n, batch_size):
+            sl = slice(start, min(start + batch_size, n))
+            sub = params.select(sl)
+            spectra = crop_rfft_2d(rfft_centered_2d(images[sl].to(device, dtype)), b)
+            spectra, ctf = phase_flipped_spectra(spectra, freqs, sub.ctf_kwargs(), flip=config.scoring == "frc")
+            rot, origin, score, initial = _refine_batch(
+                spectra, ctf if config.scoring == "ctf_exact" else None, sub, pos, amp, sig, box, pixel_size_angstrom,
+                max_frequency, ring_index, weights, length, config,
+            )
+            out["rotation"].append(rot)
+            out["origin"].append(origin)
+            out["score"].append(score)
+            out["initial"].append(initial)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32_before
 
     if n == 0:
         empty = torch.zeros(0, device=device, dtype=dtype)
