@@ -19,11 +19,11 @@ so Adam's per-component step sizes are comparable across particles. In these uni
 ``lr`` moves a point at the reference's radius of gyration by about ``lr * length_scale`` Å
 through either a rotation or a shift, so one learning rate (radians) serves both.
 
-Schedule: Adam (``betas = (0.9, 0.999)``) with the learning rate cosine-annealed from
-``learning_rate`` to ``learning_rate * final_lr_fraction`` over ``n_steps``. The paper's
-``1e-3`` is in its own units (TensorFlow on Euler angles in its internal scale); here the
-default ``0.01`` rad (0.57 degrees per step, about 10 steps to cross 3-5 degrees) was chosen
-so that a 3 degree / 1 pixel error is corrected in the paper's 10 steps.
+Schedule: Adam (``betas = (0.5, 0.9)``: short memory, since only 10 steps are taken) with the
+learning rate cosine-annealed from ``learning_rate`` to ``learning_rate * final_lr_fraction``
+over ``n_steps``. The paper's ``1e-3`` is in its own units (TensorFlow on Euler angles in its
+internal scale); here the default ``0.02`` rad (1.1 degrees for the first step, annealed to a
+tenth) was chosen so that a 3 degree / 1 pixel error is corrected in the paper's 10 steps.
 
 Do no harm: the score is evaluated at every iterate (and at the start) and the best-scoring
 pose is returned, so the score never decreases. Optional trust regions (``max_angle_deg``,
