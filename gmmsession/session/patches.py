@@ -168,6 +168,17 @@ class Patches:
         finally:
             s._set_state(now)
 
+    def resolution_summary(self, local_resolution: xr.DataArray) -> "pd.DataFrame":
+        """Local resolution inside each patch mask (median, quartiles, best/worst in Å), one row per patch.
+
+        ``local_resolution`` from :meth:`Session.local_resolution`; global FSC can hide local
+        gains (paper), this is where they show."""
+        from gmmsession.algorithms.final_map import summarize_by_masks
+
+        table = summarize_by_masks(np.asarray(local_resolution.values), self.masks.values)
+        table.index.name = "patch"
+        return table
+
     def __repr__(self) -> str:
         radii = ", ".join(f"{r:.0f}" for r in self.layout.radii_angstrom)
         return f"Patches(k={self.k}, radii Å [{radii}], refined {sorted(self.results)})"

@@ -519,6 +519,73 @@ class Session:
         result = gold_standard_fsc(h1, h2, px, mask=mask_t, seed=seed)
         return fsc_dataarray(result, box_size=h1.shape[-1], pixel_size_angstrom=px)
 
+    def local_resolution(
+        self, mask: str | os.PathLike | np.ndarray | xr.DataArray | None = None, *, sampling_angstrom: float = 25.0,
+        device: Any = None,
+    ) -> xr.DataArray:
+        """Local resolution of the half maps (windowed, phase-randomisation-corrected FSC as
+        ``relion_postprocess --locres``), as a map in Å on the half-map grid (NaN where no window
+        reaches or the mask is 0). Summarise it per patch with ``Patches.resolution_summary``."""
+        from gmmsession.algorithms.final_map import local_resolution as _local_resolution
+
+        if self._half_maps is None:
+            raise RuntimeError("no half maps yet: call session.reconstruct() first")
+        dev = resolve_device(device if device is not None else self._device)
+        h1, h2, mask_t = self._half_map_tensors(mask, dev)
+        with Timer() as t:
+            res = _local_resolution(h1, h2, self.pixel_size_angstrom, mask_t, sampling_angstrom)
+        hm = self._half_maps.sel(half=1)
+        da = xr.DataArray(res.resolution_map, dims=hm.dims, coords=hm.coords, name="local_resolution",
+                          attrs={"units": "Å", "median_angstrom": res.median_angstrom, "sampling_angstrom": res.sampling_angstrom,
+                                 "radius_angstrom": res.radius_angstrom, "n_windows": int(len(res.resolution_angstrom))})
+        self._record("local_resolution", {"mask": _mask_label(mask), "sampling_angstrom": sampling_angstrom, "device": str(dev)}, t,
+                     {"median_angstrom": res.median_angstrom, "n_windows": int(len(res.resolution_angstrom)),
+                      "best_window_angstrom": float(np.nanmin(res.resolution_angstrom)) if len(res.resolution_angstrom) else float("nan")})
+        return da
+
+    def final_map(
+        self,
+        path: str | os.PathLike | None = None,
+        *,
+        mask: str | os.PathLike | np.ndarray | xr.DataArray | None = None,
+        bfactor: float | str | None = "auto",
+        local_resolution: xr.DataArray | None = None,
+        device: Any = None,
+    ) -> xr.DataArray:
+        """The map to look at: the half-map average sharpened like ``relion_postprocess``
+        (``bfactor="auto"``: Guinier fit from 10 Å; a number; or None) with FSC weighting, then
+        low-pass filtered by the local resolution (pass ``local_resolution=`` from
+        :meth:`local_resolution`, or None to low-pass at the global resolution instead).
+        Written to ``path`` (MRC, atomic) when given; returns the map."""
+        from gmmsession.algorithms.final_map import local_filter, sharpen
+
+        if self._half_maps is None:
+            raise RuntimeError("no half maps yet: call session.reconstruct() first")
+        dev = resolve_device(device if device is not None else self._device)
+        h1, h2, mask_t = self._half_map_tensors(mask, dev)
+        px = self.pixel_size_angstrom
+        with Timer() as t:
+            sharp = sharpen(h1, h2, px, mask_t, bfactor=bfactor, lowpass_angstrom=None if local_resolution is not None else "resolution")
+            volume = torch.as_tensor(sharp.map)
+            if local_resolution is not None:
+                volume = local_filter(volume.to(dev), torch.as_tensor(np.asarray(local_resolution.values), device=dev), px).cpu()
+            out = None if path is None else write_map(path, volume.numpy(), px)
+        hm = self._half_maps.sel(half=1)
+        da = xr.DataArray(volume.numpy(), dims=hm.dims, coords=hm.coords, name="final_map",
+                          attrs={"bfactor_angstrom2": float(sharp.bfactor_angstrom2) if sharp.bfactor_angstrom2 is not None else float("nan"),
+                                 "resolution_angstrom": float(sharp.resolution_angstrom), "method": sharp.method,
+                                 "local_filter": int(local_resolution is not None)})
+        self._record("final_map", {"path": None if out is None else str(out), "mask": _mask_label(mask), "bfactor": bfactor,
+                                   "local_filter": local_resolution is not None}, t,
+                     {"bfactor_angstrom2": da.attrs["bfactor_angstrom2"], "resolution_angstrom": da.attrs["resolution_angstrom"]})
+        return da
+
+    def _half_map_tensors(self, mask: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        h1 = torch.as_tensor(self._half_maps.sel(half=1).values, device=device)
+        h2 = torch.as_tensor(self._half_maps.sel(half=2).values, device=device)
+        mask_t = None if mask is None else torch.as_tensor(self._load_mask(mask), device=device)
+        return h1, h2, mask_t
+
     def _load_mask(self, mask: Any) -> np.ndarray:
         shape = tuple(self._half_maps.shape[1:])
         if isinstance(mask, (str, os.PathLike)):

@@ -118,3 +118,24 @@ def test_two_patches_refine_composite_and_export(hinge_session):
     np.testing.assert_allclose(np.sort(back.particles["rot_deg"].values), np.sort(p.results[0].particles["rot_deg"].values), atol=1e-4)
     with pytest.raises(KeyError, match="not been refined"):
         p.export_star(5, d / "x.star")
+
+
+def test_local_resolution_final_map_and_patch_summary(hinge_session, tmp_path):
+    from gmmsession.data.io.mrc import read_map
+
+    sim, s, d = hinge_session
+    lr = s.local_resolution(mask=sim.mask, sampling_angstrom=15.0)
+    assert lr.shape == s.half_maps.shape[1:] and lr.attrs["n_windows"] > 0
+    inside = read_map(sim.mask)[0] >= 0.5
+    vals = lr.values[inside & np.isfinite(lr.values)]
+    assert vals.size and np.all(vals >= 2 * s.pixel_size_angstrom - 1e-6)  # never finer than Nyquist
+    assert s.history.last().name == "local_resolution"
+    p = s.patches(k=2)
+    table = p.resolution_summary(lr)
+    assert list(table.index) == [0, 1] and np.all(np.isfinite(table["median_angstrom"]))
+    out = tmp_path / "final.mrc"
+    fm = s.final_map(out, mask=sim.mask, local_resolution=lr)
+    on_disk, _ = read_map(out)
+    np.testing.assert_allclose(on_disk, fm.values, rtol=1e-6)
+    # At 10.7 Å the Guinier range (10 Å to the resolution) is empty here, so the auto B-factor is 0, never positive.
+    assert np.isfinite(fm.values).all() and fm.attrs["method"] == "auto_bfactor" and fm.attrs["bfactor_angstrom2"] <= 0

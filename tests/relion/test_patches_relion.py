@@ -1,0 +1,47 @@
+"""Issue 4 acceptance (CI size): each patch's exported star reconstructs in RELION to that patch's half maps."""
+
+import subprocess
+
+import pytest
+import torch
+
+import gmmsession as gs
+from gmmsession.algorithms.simulate import perturb_star_poses
+from gmmsession.data.io.mrc import read_map
+from gmmsession.kernels.fsc import fsc_3d, last_shell_above_threshold
+from tests.conftest import requires_relion
+
+PIXEL = 2.0
+
+
+@requires_relion
+@pytest.mark.relion
+def test_each_patch_star_reconstructs_to_the_patch_maps(tmp_path):
+    sim = gs.simulate(tmp_path / "data", n_particles=300, box_size=32, pixel_size_angstrom=PIXEL, snr=0.5, hinge_max_deg=8.0, seed=8)
+    star = perturb_star_poses(sim.particles_star, tmp_path / "data" / "perturbed.star", angle_deg=3.0, shift_angstrom=2.0, seed=1)
+    s = gs.Session.from_star(star)
+    s.reconstruct(progress=False)
+    s.build_gmm(n_gaussians=200, n_iter=30, progress=False)
+    p = s.patches(k=2)
+    p.refine(n_iter=1, solvent_mask=sim.mask, gmm_fit_steps=10, chunk_size=150, progress=False)
+    for i in (0, 1):
+        out = p.export_star(i, tmp_path / "data" / f"patch{i}.star")
+        relion = []
+        for subset in (1, 2):
+            mrc = tmp_path / f"patch{i}_half{subset}.mrc"
+            subprocess.run(
+                ["relion_reconstruct", "--i", str(out), "--o", str(mrc), "--ctf", "--subset", str(subset), "--angpix", str(PIXEL)],
+                check=True, capture_output=True, cwd=out.parent, timeout=300,
+            )
+            relion.append(torch.as_tensor(read_map(mrc, pixel_size_angstrom=PIXEL)[0]))
+        ours = [torch.as_tensor(p.results[i].half_maps.sel(half=h).values) for h in (1, 2)]
+        # Where signal dominates (half-map FSC >= 0.5) the maps agree. With 150 particles per half
+        # at box 32 each half map still holds much noise there, and the two programs'
+        # interpolation kernels make different noise maps (measured 0.973 at that shell; 0.99+
+        # below it), hence 0.95.
+        signal = int(last_shell_above_threshold(fsc_3d(*ours), 0.5))
+        assert signal >= 5
+        for a, b in zip(ours, relion):
+            assert fsc_3d(a, b)[: signal + 1].min() >= 0.95
+        ours_shell = int(last_shell_above_threshold(fsc_3d(*ours)))
+        assert abs(ours_shell - int(last_shell_above_threshold(fsc_3d(*relion)))) <= 1
