@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 import xarray as xr
 
@@ -168,7 +169,7 @@ class Patches:
         finally:
             s._set_state(now)
 
-    def resolution_summary(self, local_resolution: xr.DataArray) -> "pd.DataFrame":
+    def resolution_summary(self, local_resolution: xr.DataArray) -> pd.DataFrame:
         """Local resolution inside each patch mask (median, quartiles, best/worst in Å), one row per patch.
 
         ``local_resolution`` from :meth:`Session.local_resolution`; global FSC can hide local

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -38,6 +38,10 @@ from gmmsession.kernels.device import resolve_device
 from gmmsession.kernels.symmetry import normalise_symmetry_name
 from gmmsession.session.store import session_input_paths
 from gmmsession.session.history import History, StepRecord, Timer, environment_versions
+
+if TYPE_CHECKING:  # pragma: no cover
+    from gmmsession.session.focus import Focus
+    from gmmsession.session.patches import Patches
 
 __all__ = ["Session"]
 
