@@ -111,5 +111,10 @@ class Focus:
             extra_params={"focus_mask": self.source, "focus_mask_volume_fraction": float(self.mask.values.mean())},
         )
 
+    def _repr_html_(self) -> str:
+        from gmmsession.session.display import html_for
+
+        return html_for(self)
+
     def __repr__(self) -> str:
         return f"Focus(mask from {self.source}, {float((self.mask.values > 0.5).mean()) * 100:.1f} % of the box)"

@@ -49,6 +49,7 @@ class Patches:
     Attributes
     ----------
     layout : :class:`~gmmsession.algorithms.patches.PatchLayout` (labels, centres, radii in Å).
+    points_angstrom : (N, 3) the Gaussian centres of both halves that were clustered (``layout.labels`` order).
     masks : xarray.DataArray (patch, z, y, x), the soft spherical masks, the same for both halves.
     results : {patch index: PatchResult} of the patches refined so far.
     """
@@ -60,6 +61,7 @@ class Patches:
         self._start = session._state()
         gmm = session.gmm
         centres = np.concatenate([gmm["position_angstrom"].sel(half=h).values for h in (1, 2)])
+        self.points_angstrom = centres[np.isfinite(centres).all(axis=1)]  # the clustered centres (both halves)
         self.layout: PatchLayout = patch_layout(centres, k=k, seed=seed)
         masks = patch_masks(self.layout, session.box_size, session.pixel_size_angstrom)
         hm = session.half_maps.sel(half=1)
@@ -169,6 +171,23 @@ class Patches:
         finally:
             s._set_state(now)
 
+    def summary(self) -> pd.DataFrame:
+        """One row per patch: centre and radius (Å), Gaussians, and, once refined, the focus-region
+        resolution before and after."""
+        rows = []
+        for i in range(self.k):
+            c = self.layout.centres_angstrom[i]
+            row = {"x_angstrom": c[0], "y_angstrom": c[1], "z_angstrom": c[2], "radius_angstrom": self.layout.radii_angstrom[i],
+                   "n_gaussians": int((self.layout.labels == i).sum()), "refined": i in self.results}
+            if i in self.results:
+                m = self.results[i].step.metrics
+                row["start_resolution_angstrom"] = m.get("start_focus_resolution_angstrom", m.get("start_resolution_angstrom"))
+                row["resolution_angstrom"] = m.get("focus_resolution_angstrom", m.get("resolution_angstrom"))
+            rows.append(row)
+        table = pd.DataFrame(rows)
+        table.index.name = "patch"
+        return table
+
     def resolution_summary(self, local_resolution: xr.DataArray) -> pd.DataFrame:
         """Local resolution inside each patch mask (median, quartiles, best/worst in Å), one row per patch.
 
@@ -179,6 +198,11 @@ class Patches:
         table = summarize_by_masks(np.asarray(local_resolution.values), self.masks.values)
         table.index.name = "patch"
         return table
+
+    def _repr_html_(self) -> str:
+        from gmmsession.session.display import html_for
+
+        return html_for(self)
 
     def __repr__(self) -> str:
         radii = ", ".join(f"{r:.0f}" for r in self.layout.radii_angstrom)

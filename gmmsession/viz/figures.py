@@ -8,7 +8,7 @@ import numpy as np
 import plotly.graph_objects as go
 import xarray as xr
 
-__all__ = ["fsc_figure", "step_fsc_curves", "step_fsc_figure", "fsc_svg", "gmm_figure"]
+__all__ = ["fsc_figure", "step_fsc_curves", "step_fsc_figure", "fsc_svg", "patches_figure", "gmm_figure"]
 
 _PALETTE = ("#999999", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
 
@@ -41,8 +41,9 @@ def step_fsc_curves(step) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """``(label, spatial frequency 1/Å, FSC)`` for each FSC curve a step record holds.
 
     Reads ``curves["shell_resolution_angstrom"]`` and the curves named ``fsc_start``,
-    ``fsc_iteration_<i>`` and ``fsc`` (the order they were recorded in). Empty when the step has
-    no per-shell resolution (e.g. ``reconstruct``).
+    ``fsc_iteration_<i>`` and ``fsc`` (the order they were recorded in), and for focused and
+    patch refinement their ``fsc_focus_*`` counterparts (labelled "focus ..."). Empty when the
+    step has no per-shell resolution (e.g. ``reconstruct``).
     """
     if "shell_resolution_angstrom" not in step.curves:
         return []
@@ -50,15 +51,17 @@ def step_fsc_curves(step) -> list[tuple[str, np.ndarray, np.ndarray]]:
     freq = np.where(np.isfinite(res) & (res > 0), 1.0 / np.where(res > 0, res, 1.0), 0.0)
     out = []
     for name, values in step.curves.items():
-        if name == "fsc_start":
+        prefix = "focus " if name.startswith("fsc_focus") else ""
+        base = "fsc" + name[len("fsc_focus"):] if prefix else name
+        if base == "fsc_start":
             label = "start"
-        elif name.startswith("fsc_iteration_"):
-            label = "iteration " + name[len("fsc_iteration_"):]
-        elif name == "fsc":
+        elif base.startswith("fsc_iteration_"):
+            label = "iteration " + base[len("fsc_iteration_"):]
+        elif base == "fsc":
             label = "final"
         else:
             continue
-        out.append((label, freq, np.array([_as_float(v) for v in values])))
+        out.append((prefix + label, freq, np.array([_as_float(v) for v in values])))
     return out
 
 
@@ -66,7 +69,7 @@ def step_fsc_figure(step, threshold: float = 0.143) -> go.Figure:
     """Plotly figure of a step's FSC curves (start, every iteration, final)."""
     fig = go.Figure()
     for i, (label, freq, fsc) in enumerate(step_fsc_curves(step)):
-        dash = "dot" if label in ("start", "final") else None
+        dash = "dot" if label.split()[-1] in ("start", "final") else None
         fig.add_trace(go.Scatter(x=freq, y=fsc, mode="lines", name=label, line={"dash": dash, "color": _PALETTE[i % len(_PALETTE)]}))
     fig.add_hline(y=threshold, line={"dash": "dash", "color": "grey"})
     fig.update_layout(title=step.name, xaxis_title="spatial frequency (1/Å)", yaxis_title="FSC", yaxis_range=[-0.1, 1.05],
@@ -102,7 +105,7 @@ def fsc_svg(*curves: tuple[str, np.ndarray, np.ndarray], width: int = 360, heigh
         color = _PALETTE[i % len(_PALETTE)]
         ok = np.isfinite(fsc)
         pts = " ".join(f"{x(float(a)):.1f},{y(float(b)):.1f}" for a, b in zip(freq[ok], fsc[ok]))
-        dash = " stroke-dasharray='3 2'" if label in ("start", "final") else ""
+        dash = " stroke-dasharray='3 2'" if label.split()[-1] in ("start", "final") else ""
         parts.append(f"<polyline points='{pts}' fill='none' stroke='{color}' stroke-width='1.5'{dash}/>")
         ly = top + 12 * (i + 1)
         parts.append(f"<line x1='{left + w + 6}' x2='{left + w + 20}' y1='{ly - 3}' y2='{ly - 3}' stroke='{color}' stroke-width='2'{dash}/>")
@@ -193,4 +196,25 @@ def gmm_figure(gmm: xr.Dataset, half: int | None = None, color: str = "amplitude
         scene={"xaxis_title": "x (Å)", "yaxis_title": "y (Å)", "zaxis_title": "z (Å)", "aspectmode": "data"},
         legend={"x": 0.0, "y": 1.0}, template="plotly_white",
     )
+    return fig
+
+
+def patches_figure(patches) -> go.Figure:
+    """3D scatter of the Gaussian centres coloured by patch (a ``Session.patches(k)`` object),
+    with each patch's centre marked and its mask radius in the hover text."""
+    lay = patches.layout
+    pts = np.asarray(patches.points_angstrom)
+    fig = go.Figure()
+    for i in range(lay.k):
+        sel = pts[lay.labels == i]
+        color = _PALETTE[(i + 1) % len(_PALETTE)]
+        fig.add_trace(go.Scatter3d(x=sel[:, 0], y=sel[:, 1], z=sel[:, 2], mode="markers", name=f"patch {i}",
+                                   marker={"size": 2, "color": color, "opacity": 0.6}))
+        c, r = lay.centres_angstrom[i], float(lay.radii_angstrom[i])
+        fig.add_trace(go.Scatter3d(x=[c[0]], y=[c[1]], z=[c[2]], mode="markers+text", text=[str(i)], showlegend=False,
+                                   marker={"size": 8, "color": color, "symbol": "diamond"},
+                                   hovertext=[f"patch {i}: centre ({c[0]:.1f}, {c[1]:.1f}, {c[2]:.1f}) Å, radius {r:.1f} Å"],
+                                   hoverinfo="text"))
+    fig.update_layout(scene={"xaxis_title": "x (Å)", "yaxis_title": "y (Å)", "zaxis_title": "z (Å)", "aspectmode": "data"},
+                      template="plotly_white", title=f"{lay.k} patches")
     return fig

@@ -7,6 +7,7 @@ from typing import Any
 
 from gmmsession.session.display import register_html_renderer
 from gmmsession.session.history import History, StepRecord
+from gmmsession.session.patches import Patches
 from gmmsession.session.session import Session
 from gmmsession.viz.figures import fsc_svg, step_fsc_curves
 
@@ -81,8 +82,22 @@ def history_html(history: History) -> str:
     return f"<div><b>History</b><table style='{_STYLE}'><tr>{head}</tr>{rows}</table></div>"
 
 
+def patches_html(patches: Patches) -> str:
+    """The patch table (centre, radius, Gaussians, resolution before/after); ``patches_figure(p)`` shows them in 3D."""
+    table = patches.summary()
+    head = "".join(f"<th style='padding:2px 8px'>{html.escape(str(h))}</th>" for h in ["patch", *table.columns])
+    rows = "".join(
+        "<tr>" + f"<td style='padding:2px 8px'>{i}</td>"
+        + "".join(f"<td style='padding:2px 8px'>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>"
+        for i, row in zip(table.index, table.itertuples(index=False))
+    )
+    note = "<div style='font-size:11px'>3D view: <code>gmmsession.viz.patches_figure(p)</code></div>"
+    return f"<div><b>Patches (k={patches.k})</b><table style='{_STYLE}'><tr>{head}</tr>{rows}</table>{note}</div>"
+
+
 def register() -> None:
     """Register the HTML renderers with the session layer (idempotent)."""
+    register_html_renderer(Patches, patches_html)
     register_html_renderer(Session, session_html)
     register_html_renderer(History, history_html)
     register_html_renderer(StepRecord, step_html)

@@ -108,6 +108,14 @@ def test_two_patches_refine_composite_and_export(hinge_session):
     assert all("focus_resolution_angstrom" in st.metrics for st in steps)
     with pytest.raises(ValueError, match="out of range"):
         p.refine(patches=[2])
+    html = p._repr_html_()
+    assert "Patches (k=2)" in html and "resolution_angstrom" in html
+    from gmmsession.viz import patches_figure
+
+    fig = patches_figure(p)
+    assert [t.name for t in fig.data if t.name] == ["patch 0", "patch 1"]
+    assert sum(len(t.x) for t in fig.data if t.name) == len(p.points_angstrom)
+    assert "focus iteration 1" in steps[0]._repr_html_()  # the step shows the focus-region FSC too
     p.composite(solvent_mask=sim.mask)
     want = (p.masks.values[:, None] * np.stack([p.results[i].half_maps.values for i in (0, 1)])).sum(0)
     weight = p.masks.values.sum(0)
