@@ -210,3 +210,12 @@ def test_tiling_over_gaussians_changes_nothing(device, monkeypatch):
     assert torch.autograd.gradcheck(
         lambda p, a, s: torch.view_as_real(project_gaussians_rfft_2d(p, a, s, rot, shift, 8, PIX)), inputs
     )
+
+
+def test_rfft_3d_gradients_with_several_chunks(device):
+    """The 3D transform's hand-written backward, chunked over Gaussians (5 Gaussians in chunks of 2)."""
+    pos, amp, sig = _blobs(device, g=5, sigma_min=1.0)
+    inputs = tuple(x.clone().requires_grad_(True) for x in (pos, amp, sig))
+    assert torch.autograd.gradcheck(lambda p, a, s: torch.view_as_real(gaussians_rfft_3d(p, a, s, 6, PIX, chunk_size=2)), inputs)
+    whole = gaussians_rfft_3d(pos, amp, sig, 8, PIX)
+    assert torch.allclose(gaussians_rfft_3d(pos, amp, sig, 8, PIX, chunk_size=2), whole, atol=1e-12)
