@@ -158,15 +158,16 @@ def relion_command(star: Path, ref: Path, mask: Path, out: Path, diameter: float
     return cmd
 
 
-def group_cpu_seconds(pgid: int) -> float:
-    """User + system CPU seconds of the live processes of a process group (from /proc)."""
+def group_cpu_seconds(sid: int) -> float:
+    """User + system CPU seconds of the live processes of a session (from /proc): mpirun is started
+    in a new session, and its ranks (which it puts in process groups of their own) stay in it."""
     total = 0
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[2]) == pgid:  # fields after the command: state ppid pgrp ... utime(12) stime(13)
+        if int(fields[3]) == sid:  # fields after the command: state ppid pgrp session ... utime(12) stime(13)
             total += int(fields[11]) + int(fields[12])
     return total / os.sysconf("SC_CLK_TCK")
 
@@ -227,7 +228,7 @@ def iteration_seconds(out: Path) -> list[float]:
     while (f := out / f"run_it{k:03d}_optimiser.star").exists():
         times.append(f.stat().st_mtime)
         k += 1
-    return list(np.diff(times))
+    return [float(x) for x in np.diff(times)]
 
 
 def relion_cpu(out: Path) -> tuple[float | None, list[float]]:
@@ -237,8 +238,10 @@ def relion_cpu(out: Path) -> tuple[float | None, list[float]]:
     if not f.exists():
         return None, []
     d = json.loads(f.read_text())
+    if not d["total"]:  # nothing sampled (e.g. ranks outside the session)
+        return None, []
     at = [d["at_iteration_file"][k] for k in sorted(d["at_iteration_file"])]
-    return d["total"], list(np.diff(at))
+    return d["total"], [float(x) for x in np.diff(at)]
 
 
 def relion_final(out: Path) -> dict:
