@@ -158,9 +158,9 @@ def test_local_resolution_is_batch_size_independent():
         torch.testing.assert_close(other.resolution_map, runs[0].resolution_map, equal_nan=True)
 
 
-def test_local_resolution_same_on_every_device(device):
-    if device.type == "cpu":
-        pytest.skip("compares CUDA to CPU")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="compares CUDA with the CPU: needs a CUDA device")
+def test_local_resolution_same_on_cuda_as_on_cpu():
+    device = torch.device("cuda")
     h1, h2, mask, _ = _region_half_maps(dtype=torch.float64)
     kw = dict(sampling_angstrom=16.0, generator=None)
     cpu = local_resolution_3d(h1, h2, APIX, mask, **{**kw, "generator": torch.Generator().manual_seed(0)})
