@@ -21,9 +21,10 @@ import math
 import torch
 
 from gmmsession.kernels.conventions import real_space_center_index
+from gmmsession.kernels.gmm import render_gaussians_3d
 
 __all__ = [
-    "soft_sphere_mask_3d", "threshold_mask_3d", "squared_distance_to_mask_3d", "sample_volume_at", "width_masked_sigmas",
+    "soft_sphere_mask_3d", "threshold_mask_3d", "squared_distance_to_mask_3d", "sample_volume_at", "width_masked_sigmas", "gaussian_selection_mask",
 ]
 
 
@@ -201,3 +202,22 @@ def width_masked_sigmas(sigmas: torch.Tensor, mask_values: torch.Tensor) -> torc
     if sigmas.shape != mask_values.shape:
         raise ValueError(f"sigmas {tuple(sigmas.shape)} and mask_values {tuple(mask_values.shape)} must have the same shape")
     return sigmas / (0.25 + 0.75 * mask_values.clamp(0.0, 1.0))
+
+
+# Soft edge (voxels) of the mask made from a selection of Gaussians.
+_SELECTION_SOFT_EDGE_PX = 3.0
+
+
+def gaussian_selection_mask(
+    positions_angstrom: torch.Tensor, widths_angstrom: torch.Tensor, box_size: int, pixel_size_angstrom: float
+) -> torch.Tensor:
+    """Soft mask covering a set of Gaussians: every voxel within about 2 sigma of a centre, plus a
+    raised-cosine edge of 3 voxels (``relion_mask_create`` style).
+
+    The selected Gaussians are rendered with unit peak; the mask seeds where that density is at
+    least ``exp(-2)`` (the value 2 sigma from an isolated centre).
+    """
+    density = render_gaussians_3d(
+        positions_angstrom, torch.ones_like(widths_angstrom), widths_angstrom, box_size, pixel_size_angstrom
+    )
+    return threshold_mask_3d(density, math.exp(-2.0), 0.0, _SELECTION_SOFT_EDGE_PX)

@@ -9,7 +9,6 @@ records the whole-map and the focus-region FSC of every iteration.
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Any
 
@@ -20,30 +19,10 @@ import xarray as xr
 from gmmsession.algorithms.align import AlignConfig
 from gmmsession.data.errors import GmmsessionInputError
 from gmmsession.data.gmm import gmm_to_tensors
-from gmmsession.kernels.gmm import render_gaussians_3d
-from gmmsession.kernels.masks import threshold_mask_3d
+from gmmsession.kernels.masks import gaussian_selection_mask
 from gmmsession.session.history import StepRecord
 
-__all__ = ["Focus", "gaussian_selection_mask"]
-
-# Soft edge (voxels) of the mask made from a selection of Gaussians.
-_SELECTION_SOFT_EDGE_PX = 3.0
-
-
-def gaussian_selection_mask(
-    positions_angstrom: torch.Tensor, widths_angstrom: torch.Tensor, box_size: int, pixel_size_angstrom: float
-) -> torch.Tensor:
-    """Soft mask covering a set of Gaussians: every voxel within about 2 sigma of a centre, plus a
-    raised-cosine edge of 3 voxels (``relion_mask_create`` style).
-
-    The selected Gaussians are rendered with unit peak; the mask seeds where that density is at
-    least ``exp(-2)`` (the value 2 sigma from an isolated centre).
-    """
-    density = render_gaussians_3d(
-        positions_angstrom, torch.ones_like(widths_angstrom), widths_angstrom, box_size, pixel_size_angstrom
-    )
-    return threshold_mask_3d(density, math.exp(-2.0), 0.0, _SELECTION_SOFT_EDGE_PX)
-
+__all__ = ["Focus"]
 
 class Focus:
     """A focus region of a session; ``refine()`` runs focused refinement on it.
