@@ -1,4 +1,3 @@
-import os
 import shutil
 from pathlib import Path
 
@@ -34,3 +33,21 @@ def relion_available() -> bool:
 requires_relion = pytest.mark.skipif(
     not relion_available(), reason="RELION 3.1 programs (relion_project, relion_reconstruct) are not installed; `apt-get install relion`"
 )
+
+
+def relion_half_maps(star, pixel_size_angstrom: float, out_dir, prefix: str = "relion") -> list:
+    """``relion_reconstruct --ctf --subset 1|2`` of a star file (run in its folder): the two half maps as tensors."""
+    import subprocess
+
+    from gmmsession.data.io.mrc import read_map
+
+    maps = []
+    for subset in (1, 2):
+        mrc = Path(out_dir) / f"{prefix}_half{subset}.mrc"
+        subprocess.run(
+            ["relion_reconstruct", "--i", str(star), "--o", str(mrc), "--ctf", "--subset", str(subset),
+             "--angpix", str(pixel_size_angstrom)],
+            check=True, capture_output=True, cwd=Path(star).parent, timeout=300,
+        )
+        maps.append(torch.as_tensor(read_map(mrc, pixel_size_angstrom=pixel_size_angstrom)[0]))
+    return maps

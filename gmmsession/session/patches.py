@@ -28,6 +28,7 @@ from gmmsession.algorithms.patches import PatchLayout, composite_half_maps, patc
 from gmmsession.data.bridge import half_maps_dataarray
 from gmmsession.data.gmm import gmm_to_tensors
 from gmmsession.session.history import StepRecord, Timer
+from gmmsession.session.session import _mask_label
 
 __all__ = ["Patches", "PatchResult"]
 
@@ -143,7 +144,7 @@ class Patches:
         start_res = float(self._start_fsc(solvent_mask).attrs["resolution_angstrom"])
         s._record(
             "patch_composite",
-            {"k": self.k, "refined_patches": sorted(self.results), "mask": None if solvent_mask is None else str(type(solvent_mask).__name__)},
+            {"k": self.k, "refined_patches": sorted(self.results), "mask": _mask_label(solvent_mask)},
             t,
             {"start_resolution_angstrom": start_res, "resolution_angstrom": float(fsc.attrs["resolution_angstrom"])},
             {"shell_resolution_angstrom": fsc["resolution_angstrom"].values.tolist(), "fsc": fsc.values.tolist()},

@@ -1,15 +1,12 @@
 """Issue 4 acceptance (CI size): each patch's exported star reconstructs in RELION to that patch's half maps."""
 
-import subprocess
-
 import pytest
 import torch
 
 import gmmsession as gs
 from gmmsession.algorithms.simulate import perturb_star_poses
-from gmmsession.data.io.mrc import read_map
 from gmmsession.kernels.fsc import fsc_3d, last_shell_above_threshold
-from tests.conftest import requires_relion
+from tests.conftest import relion_half_maps, requires_relion
 
 PIXEL = 2.0
 
@@ -26,14 +23,7 @@ def test_each_patch_star_reconstructs_to_the_patch_maps(tmp_path):
     p.refine(n_iter=1, solvent_mask=sim.mask, gmm_fit_steps=10, chunk_size=150, progress=False)
     for i in (0, 1):
         out = p.export_star(i, tmp_path / "data" / f"patch{i}.star")
-        relion = []
-        for subset in (1, 2):
-            mrc = tmp_path / f"patch{i}_half{subset}.mrc"
-            subprocess.run(
-                ["relion_reconstruct", "--i", str(out), "--o", str(mrc), "--ctf", "--subset", str(subset), "--angpix", str(PIXEL)],
-                check=True, capture_output=True, cwd=out.parent, timeout=300,
-            )
-            relion.append(torch.as_tensor(read_map(mrc, pixel_size_angstrom=PIXEL)[0]))
+        relion = relion_half_maps(out, PIXEL, tmp_path, prefix=f"patch{i}")
         ours = [torch.as_tensor(p.results[i].half_maps.sel(half=h).values) for h in (1, 2)]
         # Where signal dominates (half-map FSC >= 0.5) the maps agree. With 150 particles per half
         # at box 32 each half map still holds much noise there, and the two programs'

@@ -1,19 +1,16 @@
 """Issue 3 acceptance (CI size): after ``refine_global``, RELION reconstructs the refined poses
 from ``export_star`` to the same half maps and the same resolution as the session reports."""
 
-import subprocess
-
 import numpy as np
 import pytest
 import torch
 
 import gmmsession as gs
 from gmmsession.algorithms.simulate import perturb_star_poses
-from gmmsession.data.io.mrc import read_map
 from gmmsession.kernels.conventions import euler_relion_to_matrix
 from gmmsession.kernels.fsc import fsc_3d, last_shell_above_threshold
 from gmmsession.kernels.rotations import geodesic_angle_deg
-from tests.conftest import requires_relion
+from tests.conftest import relion_half_maps, requires_relion
 
 PIXEL = 2.0
 BOX = 32
@@ -40,14 +37,7 @@ def test_relion_reconstructs_the_refined_poses_to_our_resolution(tmp_path):
     assert _median_error_deg(s.particles, truth) < start_error
 
     out = s.export_star(tmp_path / "data" / "refined.star")
-    relion = []
-    for subset in (1, 2):
-        mrc = tmp_path / f"relion_half{subset}.mrc"
-        subprocess.run(
-            ["relion_reconstruct", "--i", str(out), "--o", str(mrc), "--ctf", "--subset", str(subset), "--angpix", str(PIXEL)],
-            check=True, capture_output=True, cwd=out.parent, timeout=300,
-        )
-        relion.append(torch.as_tensor(read_map(mrc, pixel_size_angstrom=PIXEL)[0]))
+    relion = relion_half_maps(out, PIXEL, tmp_path)
     ours = [torch.as_tensor(s.half_maps.sel(half=h).values) for h in (1, 2)]
     # Same gold-standard resolution (unmasked half-map FSC) to within one shell.
     ours_shell = int(last_shell_above_threshold(fsc_3d(*ours)))
