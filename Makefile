@@ -22,4 +22,6 @@ demo: install
 	$(VENV)/bin/gmmsession demo --out $(DEMO_OUT)
 
 test: install
+	@# CPU builds of torch do not ship Triton; the tests run its kernels in Triton's interpreter.
+	$(VENV)/bin/python -c "import triton" 2>/dev/null || $(VENV)/bin/pip install -q "triton==3.9.0"
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider

@@ -1,8 +1,10 @@
 """Profile one pose-refinement chunk at the paper's GPCR scale on CUDA (run by hand on a GPU):
-top CUDA-time operators and the wall time split. ``python benchmarks/profile_align_gpu.py``."""
+top CUDA-time operators and the wall time split.
+``python benchmarks/profile_align_gpu.py [batch]`` (profiled batch size, default 64)."""
 
 from __future__ import annotations
 
+import sys
 import time
 
 import torch
@@ -25,9 +27,10 @@ def main() -> None:
         refine_poses_chunk(images, params, pos, amp, sig, 0.86, cfg)
         torch.cuda.synchronize()
         print(f"batch {batch}: {256 / (time.perf_counter() - t):.0f} particles/s", flush=True)
-    cfg = AlignConfig(max_resolution_angstrom=3.0, batch_size=64)
+    profiled = int(sys.argv[1]) if len(sys.argv) > 1 else 64
+    cfg = AlignConfig(max_resolution_angstrom=3.0, batch_size=profiled)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]) as prof:
-        refine_poses_chunk(images[:64], params.select(slice(0, 64)), pos, amp, sig, 0.86, cfg)
+        refine_poses_chunk(images[:profiled], params.select(slice(0, profiled)), pos, amp, sig, 0.86, cfg)
         torch.cuda.synchronize()
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=50))
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=50))

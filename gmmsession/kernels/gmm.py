@@ -37,6 +37,7 @@ import math
 import torch
 
 from gmmsession.kernels.conventions import real_space_center_index
+from gmmsession.kernels.gmm_triton import separable_projection, separable_projection_available
 
 __all__ = [
     "project_gaussians_rfft_2d",
@@ -300,11 +301,15 @@ def project_gaussians_rfft_2d(
     # conjugate (real envelope and mass). The envelope exp(-2 pi^2 sigma^2 k^2) does not depend
     # on the pose and is computed once.
     envelope = torch.exp((-2 * math.pi**2) * sig[..., None, :] ** 2 * (k**2)[:, None])  # (K, G) or (n, K, G)
-    env_right = torch.cat([envelope, -envelope], dim=-2)
-    env_left = env_right * mass[..., None, :]
-    blocks = _SeparableProjection.apply(
-        xy[:, 1].contiguous(), xy[:, 0].contiguous(), env_left.contiguous(), env_right.contiguous(), (2 * math.pi) * k
-    )
+    omega = (2 * math.pi) * k
+    y, x = xy[:, 1].contiguous(), xy[:, 0].contiguous()
+    if envelope.ndim == 2 and not (envelope.requires_grad or mass.requires_grad) and separable_projection_available(y, x):
+        # Fixed GMM (pose alignment): the fused kernels never materialise the factors.
+        blocks = separable_projection(y, x, envelope * mass[None, :], envelope, omega)
+    else:
+        env_right = torch.cat([envelope, -envelope], dim=-2)
+        env_left = env_right * mass[..., None, :]
+        blocks = _SeparableProjection.apply(y, x, env_left.contiguous(), env_right.contiguous(), omega)
     rr, ri = blocks[..., :kh, :kh], blocks[..., :kh, kh:]
     ir, ii = blocks[..., kh:, :kh], blocks[..., kh:, kh:]
     n_pos = (b + 1) // 2  # ky = 0 .. ceil(b / 2) - 1
