@@ -21,6 +21,12 @@ Attributes of ``particles``
     ``"3d"`` (full Euler angles from the file), ``"2d"`` (the file only has in-plane
     angles; rot = tilt = 0 as in the file, or NaN where the columns are absent) or ``"none"``
     (no angles: NaN).
+``symmetry_expanded`` (str, only on symmetry-expanded sets)
+    The point group of :func:`gmmsession.algorithms.symmetry.expand_symmetry` (e.g. ``"C3"``),
+    or, for a set read from a file that ``relion_particle_symmetry_expand`` wrote,
+    ``"unknown (k copies per particle in <file name>)"``: the file does not name the group, so
+    this is a description, never a group name to pass on. Such sets also carry the variables
+    ``symmetry_source_particle`` and ``symmetry_operator``.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ __all__ = [
     "split_random_halves",
     "check_half_sets",
     "check_unique_keys",
+    "duplicate_particle_error",
     "check_optics_groups",
 ]
 
@@ -184,7 +191,7 @@ def make_optics_dataset(table: pd.DataFrame) -> xr.Dataset:
     )
 
 
-def split_random_halves(particles: xr.Dataset, seed: int) -> xr.Dataset:
+def split_random_halves(particles: xr.Dataset, seed: int, groups: np.ndarray | None = None) -> xr.Dataset:
     """Assign half sets 1/2 by a seeded random permutation (balanced: sizes differ by at most 1).
 
     Parameters
@@ -194,19 +201,32 @@ def split_random_halves(particles: xr.Dataset, seed: int) -> xr.Dataset:
     seed : int
         Seed of :func:`numpy.random.default_rng`; the same seed and particle count always give
         the same split.
+    groups : (n,) array, optional
+        Particles with equal values share a half set (the copies of one particle in a
+        symmetry-expanded set): the permutation is over the groups, in order of first
+        appearance, and the groups are balanced. Default: every particle is its own group
+        (the same split as without ``groups``).
 
     Returns
     -------
-    A copy with ``half`` set and ``attrs["half_source"] = "random split, seed N"``.
+    A copy with ``half`` set and ``attrs["half_source"] = "random split, seed N"`` (with
+    ``groups``: ``"random split, seed N, per source particle"``).
     """
     n = int(particles.sizes["particle"])
-    order = np.random.default_rng(seed).permutation(n)
-    half = np.empty(n, dtype=np.int64)
-    half[order[: (n + 1) // 2]] = 1
-    half[order[(n + 1) // 2 :]] = 2
+    if groups is None:
+        codes, m = np.arange(n), n
+    else:
+        if np.shape(groups) != (n,):
+            raise ValueError(f"groups has shape {np.shape(groups)}, expected ({n},)")
+        codes, uniques = pd.factorize(pd.Series(np.asarray(groups)))
+        m = len(uniques)
+    order = np.random.default_rng(seed).permutation(m)
+    half_of_group = np.empty(m, dtype=np.int64)
+    half_of_group[order[: (m + 1) // 2]] = 1
+    half_of_group[order[(m + 1) // 2 :]] = 2
     out = particles.copy()
-    out["half"] = xr.Variable("particle", half, attrs={"units": "1"})
-    out.attrs["half_source"] = f"random split, seed {int(seed)}"
+    out["half"] = xr.Variable("particle", half_of_group[codes], attrs={"units": "1"})
+    out.attrs["half_source"] = f"random split, seed {int(seed)}" + ("" if groups is None else ", per source particle")
     return out
 
 
@@ -236,6 +256,17 @@ def check_half_sets(particles: xr.Dataset, path: str | os.PathLike | None = None
             )
 
 
+def duplicate_particle_error(
+    path: str | os.PathLike, image_name: str, rows: np.ndarray, what: str, reason: str = ""
+) -> GmmsessionInputError:
+    """The error for a particle listed more than once (``rows`` 0-based; the message counts from 1)."""
+    return GmmsessionInputError(
+        f"{path}: duplicate image name {image_name!r} in rows {', '.join(str(int(r) + 1) for r in rows)} "
+        f"with the same {what}: the same particle is listed twice, so particles cannot be told apart"
+        + (f" ({reason})" if reason else "")
+    )
+
+
 def check_unique_keys(keys: np.ndarray, image_name: np.ndarray, path: str | os.PathLike, what: str) -> None:
     """Raise if a particle identity key repeats (the same particle listed twice).
 
@@ -250,10 +281,7 @@ def check_unique_keys(keys: np.ndarray, image_name: np.ndarray, path: str | os.P
     dup = s[s.duplicated()]
     if len(dup):
         rows = np.flatnonzero(s.to_numpy() == dup.iloc[0])
-        raise GmmsessionInputError(
-            f"{path}: duplicate image name {image_name[rows[0]]!r} in rows {', '.join(str(r + 1) for r in rows)} "
-            f"with the same {what}: the same particle is listed twice, so particles cannot be told apart"
-        )
+        raise duplicate_particle_error(path, image_name[rows[0]], rows, what)
 
 
 def check_optics_groups(particles: xr.Dataset, optics: xr.Dataset, path: str | os.PathLike) -> None:

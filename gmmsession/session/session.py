@@ -333,8 +333,12 @@ class Session:
         Re-impose the symmetry on a focused result with
         :func:`gmmsession.algorithms.symmetry.symmetrize_map` (mask-weighted)."""
         group = self.symmetry
+        done = self.particles.attrs.get("symmetry_expanded") if "symmetry_operator" in self.particles else None
         if group == "C1":
-            raise RuntimeError("the session's symmetry is C1: nothing to expand (open it with symmetry='C3', say)")
+            hint = f"the particles are already symmetry-expanded: {done}" if done else "open it with symmetry='C3', say"
+            raise RuntimeError(f"the session's symmetry is C1: nothing to expand ({hint})")
+        if done:
+            raise RuntimeError(f"the particles are already symmetry-expanded ({done}); expanding again would repeat every copy")
         with Timer() as t:
             expanded = _expand_symmetry(self.particles, group)
             expanded.attrs["symmetry"] = "C1"

@@ -5,8 +5,12 @@
 ``rlnOriginX/Y`` in pixels) replaced by the values in the particles dataset. Rows are matched
 on particle identity (``particle_key``: the image name, see
 :func:`gmmsession.data.io.relion.particle_keys`), never on order, so the dataset may be a
-reordered subset. Unknown columns, the optics table, the other blocks and the block order
-survive; floats are written exactly (:func:`~gmmsession.data.io.star.write_star_blocks_lossless`).
+reordered subset. A set expanded in memory (``symmetry_operator`` present, source keys
+repeated) gets one row per copy, its source row repeated; a set read from an expanded file
+(keys ``...|copy<j>``, see :func:`~gmmsession.data.io.relion.particle_keys`) matches each
+copy to its own row, so it may also be a subset and ``keep_unmatched`` applies. Unknown
+columns, the optics table, the other blocks and the block order survive; floats are written
+exactly (:func:`~gmmsession.data.io.star.write_star_blocks_lossless`).
 
 A set read from cryoSPARC is written as a fresh RELION 3.1 star file (``data_optics`` +
 ``data_particles``) whose ``N@path`` names RELION can open.
@@ -60,16 +64,17 @@ def _relion_blocks(
     df: pd.DataFrame = blocks[pb].reset_index(drop=True)
     file_keys, _ = particle_keys(df)
     keys = np.asarray(particles["particle_key"].values, dtype=object)
-    expanded = "symmetry_operator" in particles
-    if not expanded:
+    # A set expanded in memory (gmmsession.algorithms.symmetry) repeats its source rows' keys;
+    # a set read from an expanded file has one key (and one row) per copy and is written as usual.
+    repeat_rows = "symmetry_operator" in particles and pd.Series(keys).duplicated().any()
+    if not repeat_rows:
         _check_unique(keys)
     rows = pd.Index(file_keys).get_indexer(keys)
     if (rows < 0).any():
         bad = particles["image_name"].values[rows < 0][0]
         raise GmmsessionInputError(f"particle {bad} is not in the source file {source.path}; cannot export it there")
-    if expanded:
-        # A symmetry-expanded set (see gmmsession.algorithms.symmetry): one row per copy, the
-        # source row repeated, as relion_particle_symmetry_expand writes it.
+    if repeat_rows:
+        # One row per copy, the source row repeated, as relion_particle_symmetry_expand writes it.
         df = df.iloc[rows].reset_index(drop=True)
         rows = np.arange(len(df))
 

@@ -36,9 +36,39 @@ Decisions
   a repeated name also its ``rlnMicrographName`` and ``rlnCoordinateX/Y``
   (:func:`particle_keys`). The real ``relion5.star`` re-uses ``1@toy_images_a.mrcs`` for
   particles of two micrographs: it loads. Rows that agree on all of these (or repeat a
-  name with none of these columns) are an error naming the duplicate. In the real
-  ``relion31.star`` the "duplicate" particles 1 and 2 have different names (``000001@``
-  and ``000002@``; same micrograph coordinates, similar but not identical pixels) and load.
+  name with none of these columns) are the copies of a symmetry-expanded particle (next
+  point) or else an error naming the duplicate. In the real ``relion31.star`` the
+  "duplicate" particles 1 and 2 have different names (``000001@`` and ``000002@``; same
+  micrograph coordinates, similar but not identical pixels) and load.
+* **Symmetry-expanded files.** ``relion_particle_symmetry_expand --sym G`` (RELION 3.1; 4
+  and 5 do the same) writes, for each input row in turn, the row itself (identity operator)
+  followed by one copy per further operator of ``G``, each a verbatim copy of the row with
+  only ``rlnAngleRot/Tilt/Psi`` replaced (checked against the installed program in
+  ``tests/relion/test_expanded_star_relion.py``); ``--helix`` instead changes ``rlnAngleRot``
+  and ``rlnOriginX/Y(Angst)`` and does not start with the identity. The program rewrites the
+  whole file in its own number format, so the copies of a row agree exactly in every other
+  column. :func:`symmetry_expansion` therefore accepts repeats of the identity key as an
+  expansion only if every repeated particle appears the same number of times ``k`` (a file
+  where some particles appear once and others twice is the duplicate error), its copies
+  agree on every column but :data:`EXPANSION_COLUMNS` (angles and origins), and no two copies
+  have the same pose (identical rows are the duplicate error). A group whose copies agree
+  on all of that but are in different half sets (``rlnRandomSubset``) is an error of its own
+  naming the file, image and rows: copies of one particle in both halves would break the
+  gold-standard separation.
+  Rows need not be consecutive (a stable sort keeps the copies' order). The set is then the
+  one :func:`gmmsession.algorithms.symmetry.expand_symmetry` builds in memory:
+  ``symmetry_source_particle`` is the group's number in order of first appearance (the
+  particle's position in the unexpanded file), ``symmetry_operator`` is the row's order within
+  its group (0 = identity in RELION's output; for the cyclic groups RELION's order of the other
+  operators is ours, for D, T, O, I it differs), and ``particle_key`` gains ``|copy<j>`` so
+  that export matches each copy to its own row (:func:`particle_keys`). The point group is
+  not in the file: ``attrs["symmetry_expanded"]`` is the description ``"unknown (k copies per
+  particle in <file name>)"``, never a group name, and the session's symmetry stays what
+  :meth:`~gmmsession.session.session.Session.from_star` is given (C1 for such a file: the
+  copies already carry the symmetry). Without ``rlnRandomSubset`` the random split is drawn
+  per source particle, so the copies share a half set. A file that was classified or
+  refined after the expansion (copies that differ in ``rlnClassNumber`` or in scores, or a
+  selected subset with unequal numbers of copies) is not recognised and stays an error.
 """
 
 from __future__ import annotations
@@ -50,6 +80,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import starfile
+import xarray as xr
 
 from gmmsession.data.errors import GmmsessionInputError
 from gmmsession.data.io.stack import resolve_stack_path, stack_shape
@@ -58,12 +89,13 @@ from gmmsession.data.particles import (
     SourceTables,
     check_optics_groups,
     check_unique_keys,
+    duplicate_particle_error,
     make_optics_dataset,
     make_particles_dataset,
     split_random_halves,
 )
 
-__all__ = ["read_relion_star", "read_star_blocks", "parse_image_names", "particle_keys"]
+__all__ = ["read_relion_star", "read_star_blocks", "parse_image_names", "particle_keys", "symmetry_expansion"]
 
 _VERSION_RE = re.compile(r"^#\s*version\s+(\d+)", re.MULTILINE)
 
@@ -122,19 +154,15 @@ def parse_image_names(names: np.ndarray, path: str | os.PathLike) -> tuple[np.nd
 
 _KEY_COLUMNS = ("rlnMicrographName", "rlnCoordinateX", "rlnCoordinateY")
 
+#: The columns in which the copies of a symmetry-expanded particle may differ: the Euler angles
+#: (point-group expansion, ``--sym``) and the origins (helical expansion, ``--helix``).
+EXPANSION_COLUMNS = (
+    "rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginX", "rlnOriginY", "rlnOriginXAngst", "rlnOriginYAngst",
+)
 
-def particle_keys(df: pd.DataFrame) -> tuple[np.ndarray, str]:
-    """Identity key of each row of a RELION particle table.
 
-    The key is the image name. Where an image name repeats (real files do this, e.g.
-    ``relion5.star`` re-uses ``1@toy_images_a.mrcs`` for particles of two micrographs), the
-    repeated rows' keys also carry ``rlnMicrographName`` and ``rlnCoordinateX/Y``.
-
-    Returns
-    -------
-    keys : (n,) object array of str
-    what : description of the key for error messages
-    """
+def _identity_keys(df: pd.DataFrame) -> tuple[np.ndarray, str]:
+    """The image name, and for a repeated name also micrograph and coordinates (before copies)."""
     names = df["rlnImageName"].astype(str).to_numpy(dtype=object)
     repeated = pd.Series(names).duplicated(keep=False).to_numpy()
     if not repeated.any():
@@ -142,10 +170,137 @@ def particle_keys(df: pd.DataFrame) -> tuple[np.ndarray, str]:
     present = [c for c in _KEY_COLUMNS if c in df.columns]
     keys = names.copy()
     if present:
-        extra = df[present].astype(str).agg("|".join, axis=1).to_numpy(dtype=object)
-        keys[repeated] = names[repeated] + "|" + extra[repeated]
+        sub = df.loc[repeated, present].astype(str)
+        extra = sub[present[0]]
+        for column in present[1:]:
+            extra = extra + "|" + sub[column]
+        keys[repeated] = names[repeated] + "|" + extra.to_numpy(dtype=object)
     what = "image name" + (f" and {', '.join(present)}" if present else " (no rlnMicrographName/rlnCoordinateX/Y to tell them apart)")
     return keys, what
+
+
+def particle_keys(df: pd.DataFrame) -> tuple[np.ndarray, str]:
+    """Identity key of each row of a RELION particle table.
+
+    The key is the image name. Where an image name repeats (real files do this, e.g.
+    ``relion5.star`` re-uses ``1@toy_images_a.mrcs`` for particles of two micrographs), the
+    repeated rows' keys also carry ``rlnMicrographName`` and ``rlnCoordinateX/Y``. Where even
+    that repeats (the copies of a symmetry-expanded file, see :func:`symmetry_expansion`), the
+    key ends in ``|copy<j>``, ``j`` = 0, 1, ... the row's order among the rows that share it.
+    The keys are therefore always unique; whether repeats are a valid expansion is checked by
+    :func:`symmetry_expansion` (the reader), not here.
+
+    Returns
+    -------
+    keys : (n,) object array of str
+    what : description of the key for error messages
+    """
+    keys, what = _identity_keys(df)
+    s = pd.Series(keys)
+    repeated = s.duplicated(keep=False).to_numpy()
+    if repeated.any():
+        copy = s.groupby(s, sort=False).cumcount().to_numpy()
+        keys = keys.copy()
+        keys[repeated] = keys[repeated] + "|copy" + copy[repeated].astype(str).astype(object)
+        what += ", and the copy number of a symmetry-expanded particle"
+    return keys, what
+
+
+def symmetry_expansion(df: pd.DataFrame, path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """Recognise a table written by ``relion_particle_symmetry_expand`` (the module docstring).
+
+    Rows that share the identity key (:func:`particle_keys` before the copy number) are the
+    copies of one particle. They are accepted as a symmetry expansion only if every such
+    group has the same size ``k`` >= 2, the copies agree on every column except
+    :data:`EXPANSION_COLUMNS` (``rlnRandomSubset`` included: one half set per particle), and
+    no two copies have the same pose.
+
+    Parameters
+    ----------
+    df : the particle table (one row per particle image, file order).
+    path : the star file, for messages.
+
+    Returns
+    -------
+    None when no identity key repeats; else ``(source, operator, k)``: ``source`` (n,) int64,
+    the group's number in order of first appearance (0 .. n/k - 1, the position of the
+    particle in the unexpanded file when the rows are in RELION's order); ``operator`` (n,)
+    int64, the row's order within its group (0 .. k-1; RELION writes the identity first);
+    ``k`` the copies per particle.
+
+    Raises
+    ------
+    GmmsessionInputError
+        Naming the file, the image name and the rows (1-based) of the first offending group:
+        unequal group sizes, copies in different half sets, copies that differ in another
+        column, or two copies with the same pose (the same particle listed twice).
+    """
+    keys, what = _identity_keys(df)
+    codes, uniques = pd.factorize(pd.Series(keys))
+    n, n_groups = len(codes), len(uniques)
+    if n_groups == n:
+        return None
+    codes = codes.astype(np.int64)
+    names = df["rlnImageName"].astype(str).to_numpy(dtype=object)
+    sizes = np.bincount(codes, minlength=n_groups)
+
+    def rows_of(g: int) -> np.ndarray:
+        return np.flatnonzero(codes == g)
+
+    def fail(g: int, reason: str) -> GmmsessionInputError:
+        rows = rows_of(g)
+        return duplicate_particle_error(path, names[rows[0]], rows, what, reason)
+
+    values, counts = np.unique(sizes, return_counts=True)
+    if len(values) > 1:
+        k = int(values[np.argmax(counts)])  # the most common group size
+        odd = int(np.flatnonzero(sizes != k)[0])
+        g = odd if sizes[odd] > 1 else int(np.flatnonzero(sizes > 1)[0])
+        other = int(np.flatnonzero(sizes != sizes[g])[0])
+        raise fail(
+            g,
+            f"not a symmetry expansion: listed {sizes[g]} times, but {names[rows_of(other)[0]]!r} "
+            f"{sizes[other]} time(s); relion_particle_symmetry_expand writes every particle the same number of times",
+        )
+    k = int(values[0])
+    copy = pd.Series(codes).groupby(codes, sort=False).cumcount().to_numpy().astype(np.int64)
+    order = np.lexsort((copy, codes))  # (group, copy) -> row
+
+    def first_mismatch(column: str) -> int | None:
+        v = df[column].to_numpy()[order].reshape(n_groups, k)
+        missing = pd.isna(v)
+        same = (v == v[:, :1]) | (missing & missing[:, :1])
+        bad = np.flatnonzero(~same.all(axis=1))
+        return None if len(bad) == 0 else int(bad[0])
+
+    # Other columns first: rows that differ there are no expansion at all (the duplicate error),
+    # whatever their half sets.
+    for column in df.columns:
+        if column in EXPANSION_COLUMNS or column == "rlnRandomSubset":
+            continue
+        g = first_mismatch(column)
+        if g is not None:
+            a, b = pd.unique(df[column].to_numpy()[rows_of(g)])[:2]
+            raise fail(
+                g,
+                f"not a symmetry expansion: the rows differ in column {column} ({a!r} vs {b!r}); "
+                f"relion_particle_symmetry_expand changes only {', '.join(EXPANSION_COLUMNS)}",
+            )
+    if "rlnRandomSubset" in df.columns:
+        g = first_mismatch("rlnRandomSubset")
+        if g is not None:
+            rows = rows_of(g)
+            subsets = df["rlnRandomSubset"].to_numpy()[rows]
+            raise GmmsessionInputError(
+                f"{path}: image {names[rows[0]]!r} is listed in rows {', '.join(str(r + 1) for r in rows)} as copies of "
+                f"one symmetry-expanded particle, but in different half sets (rlnRandomSubset {', '.join(map(str, subsets))}): "
+                "the copies of a particle must stay in one half set, or the gold-standard separation of the halves is broken"
+            )
+    pose = [c for c in EXPANSION_COLUMNS if c in df.columns]
+    same_pose = pd.DataFrame({"group": codes, **{c: df[c].to_numpy() for c in pose}}).duplicated().to_numpy()
+    if same_pose.any():
+        raise fail(int(codes[np.flatnonzero(same_pose)[0]]), "the copies have the same pose, so this is not a symmetry expansion")
+    return codes, copy, k
 
 
 def _find_blocks(blocks: dict, path: Path) -> tuple[str, str | None]:
@@ -234,8 +389,9 @@ def read_relion_star(
         raise GmmsessionInputError(f"{path}: the particle table data_{pb} has no rows")
 
     image_name = df["rlnImageName"].astype(str).to_numpy(dtype=object)
+    expansion = symmetry_expansion(df, path)
     keys, what = particle_keys(df)
-    check_unique_keys(keys, image_name, path, what)
+    check_unique_keys(keys, image_name, path, what)  # unique by construction; kept as a guard
     stacks, stack_index = parse_image_names(image_name, path)
     search = ([Path(stacks_root)] if stacks_root is not None else []) + [path.parent]
     resolved = {s: str(resolve_stack_path(s, search)) for s in pd.unique(stacks)}
@@ -380,6 +536,8 @@ def read_relion_star(
         half = np.zeros(n, dtype=np.int64)
 
     attrs["source_format"] = fmt
+    if expansion is not None:
+        attrs["symmetry_expanded"] = f"unknown ({expansion[2]} copies per particle in {path.name})"
     columns = {
         "rot_deg": angles["rlnAngleRot"],
         "tilt_deg": angles["rlnAngleTilt"],
@@ -398,8 +556,17 @@ def read_relion_star(
         "stack_index": stack_index,
     }
     particles = make_particles_dataset(columns, image_name, attrs, particle_key=keys)
+    if expansion is not None:
+        source_particle, operator, k = expansion
+        particles["symmetry_source_particle"] = xr.Variable(
+            "particle", source_particle, attrs={"units": "1", "long_name": "position of the source particle before expansion"}
+        )
+        particles["symmetry_operator"] = xr.Variable(
+            "particle", operator,
+            attrs={"units": "1", "long_name": f"copy number within the particle's {k} rows in the file (operator index)"},
+        )
     if "rlnRandomSubset" not in df.columns:
-        particles = split_random_halves(particles, split_seed)
+        particles = split_random_halves(particles, split_seed, groups=None if expansion is None else expansion[0])
     optics = make_optics_dataset(optics_table)
     check_optics_groups(particles, optics, path)
     source = SourceTables(
