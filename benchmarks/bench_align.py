@@ -99,13 +99,14 @@ def main() -> None:
     parser.add_argument("--batch", type=int, nargs="+", default=[16])
     parser.add_argument("--device", default="cpu", help="cpu or cuda (matmul rate measured on the same device)")
     parser.add_argument("--no-tf32", dest="tf32", action="store_false", help="AlignConfig(tf32=False): true fp32 matmuls on CUDA")
+    parser.add_argument("--no-graphs", dest="graphs", action="store_false", help="AlignConfig(cuda_graphs=False): eager CUDA launches")
     args = parser.parse_args()
     dev = torch.device(args.device)
 
     rate = matmul_rate_gflops(device=dev)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {dev}; fp32 torch.mm rate: {rate:.1f} GFLOP/s")
     for box, g, batch in [(b, g, bs) for b in args.boxes for g in args.gaussians for bs in args.batch]:
-        config = AlignConfig(max_resolution_angstrom=args.resolution, batch_size=batch, tf32=args.tf32)
+        config = AlignConfig(max_resolution_angstrom=args.resolution, batch_size=batch, tf32=args.tf32, cuda_graphs=args.graphs)
         crop = fourier_crop_box_size(box, args.pixel, 1.0 / args.resolution)
         k = crop // 2 + 1
         if True:

@@ -22,6 +22,8 @@ both spectra, and runs on any device.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from gmmsession.kernels.ctf import ctf_2d, phase_flip
@@ -32,6 +34,7 @@ __all__ = [
     "frc_per_ring",
     "frc_band_score",
     "pooled_band_correlation",
+    "band_scorer",
     "phase_flipped_spectra",
 ]
 
@@ -186,18 +189,9 @@ def frc_band_score(
     positive per-ring scaling of either spectrum (filters, CTF envelopes, amplitude scale);
     differentiable with respect to both spectra.
     """
-    if ring_weights.ndim != 1:
-        raise ValueError(f"ring_weights must have shape (n_rings,), got {tuple(ring_weights.shape)}")
-    n_rings = ring_weights.shape[0]
-    w = ring_weights.to(device=projections_rfft.device, dtype=projections_rfft.real.dtype)
-    total = w.sum()
-    if not bool(total > 0):
-        raise ValueError("ring_weights must have a positive sum")
-    # Elements of zero-weight rings go to the dropped bin: no work is spent on them after the scatter.
-    idx = ring_index.to(projections_rfft.device)
-    idx = torch.where(w[idx.clamp(max=n_rings - 1)] > 0, idx, torch.full_like(idx, n_rings))
-    frc = frc_per_ring(projections_rfft, images_rfft, idx, n_rings)
-    return (frc * w).sum(-1) / total
+    ring_index = ring_index.to(projections_rfft.device)
+    weights = ring_weights.to(device=projections_rfft.device, dtype=projections_rfft.real.dtype)
+    return band_scorer("ring", ring_index, weights)(projections_rfft, images_rfft)
 
 
 def pooled_band_correlation(
@@ -217,17 +211,49 @@ def pooled_band_correlation(
 
     Parameters and shapes as :func:`frc_band_score`; returns (n,) in ``[-1, 1]``.
     """
+    ring_index = ring_index.to(projections_rfft.device)
+    weights = ring_weights.to(device=projections_rfft.device, dtype=projections_rfft.real.dtype)
+    return band_scorer("pooled", ring_index, weights)(projections_rfft, images_rfft)
+
+
+def band_scorer(
+    band_average: str, ring_index: torch.Tensor, ring_weights: torch.Tensor
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The band score as a function of (projections, images), with the weights checked once.
+
+    ``band_average`` is ``"ring"`` (:func:`frc_band_score`) or ``"pooled"``
+    (:func:`pooled_band_correlation`); ``ring_index`` and ``ring_weights`` must already be on
+    the spectra's device (weights in their real dtype). The returned function does no
+    host-device synchronisation, so an optimisation loop that calls it can be captured in a
+    CUDA graph.
+    """
     if ring_weights.ndim != 1:
         raise ValueError(f"ring_weights must have shape (n_rings,), got {tuple(ring_weights.shape)}")
-    _check_spectra(projections_rfft, images_rfft, ring_index)
+    if band_average not in ("ring", "pooled"):
+        raise ValueError(f"band_average must be 'ring' or 'pooled', got {band_average!r}")
     n_rings = ring_weights.shape[0]
-    w = ring_weights.to(device=projections_rfft.device, dtype=projections_rfft.real.dtype)
-    if not bool(w.sum() > 0):
+    w = ring_weights
+    total = w.sum()
+    if not bool(total > 0):
         raise ValueError("ring_weights must have a positive sum")
-    num, pp, ii = _ring_sums(projections_rfft, images_rfft, ring_index.to(projections_rfft.device), n_rings)
-    den2 = (pp * w).sum(-1) * (ii * w).sum(-1)
-    ok = den2 > 0
-    return torch.where(ok, (num * w).sum(-1) * torch.rsqrt(torch.where(ok, den2, torch.ones_like(den2))), torch.zeros_like(den2))
+
+    if band_average == "ring":
+        # Elements of zero-weight rings go to the dropped bin: no work is spent on them after the scatter.
+        idx = torch.where(w[ring_index.clamp(max=n_rings - 1)] > 0, ring_index, torch.full_like(ring_index, n_rings))
+
+        def ring_score(projections_rfft: torch.Tensor, images_rfft: torch.Tensor) -> torch.Tensor:
+            return (frc_per_ring(projections_rfft, images_rfft, idx, n_rings) * w).sum(-1) / total
+
+        return ring_score
+
+    def pooled_score(projections_rfft: torch.Tensor, images_rfft: torch.Tensor) -> torch.Tensor:
+        _check_spectra(projections_rfft, images_rfft, ring_index)
+        num, pp, ii = _ring_sums(projections_rfft, images_rfft, ring_index, n_rings)
+        den2 = (pp * w).sum(-1) * (ii * w).sum(-1)
+        ok = den2 > 0
+        return torch.where(ok, (num * w).sum(-1) * torch.rsqrt(torch.where(ok, den2, torch.ones_like(den2))), torch.zeros_like(den2))
+
+    return pooled_score
 
 
 def phase_flipped_spectra(
