@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sklearn.cluster import KMeans
 
 from gmmsession.kernels.masks import soft_sphere_mask_3d
 
@@ -58,6 +57,8 @@ def patch_layout(centres_angstrom: np.ndarray, k: int = 8, seed: int = 0) -> Pat
         raise ValueError(f"need k >= 1 patches, got {k}")
     if pts.shape[0] < k:
         raise ValueError(f"{pts.shape[0]} Gaussian centres cannot make {k} patches")
+    from sklearn.cluster import KMeans  # imported here: scikit-learn takes ~1 s to import
+
     km = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(pts)
     labels = km.labels_.astype(np.int64)
     centres = np.stack([pts[labels == i].mean(0) for i in range(k)])

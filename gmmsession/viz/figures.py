@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import html
+from typing import TYPE_CHECKING
 
 import numpy as np
-import plotly.graph_objects as go
 import xarray as xr
+
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
 
 __all__ = ["fsc_figure", "step_fsc_curves", "step_fsc_figure", "fsc_svg", "patches_figure", "gmm_figure"]
 
@@ -18,6 +21,7 @@ def fsc_figure(*curves: xr.DataArray, names: list[str] | None = None, threshold:
 
     Masked results also show their unmasked and phase-randomised curves.
     """
+    import plotly.graph_objects as go  # imported here: plotly takes ~1 s to import
     fig = go.Figure()
     names = names or [f"FSC {i + 1}" for i in range(len(curves))]
     for curve, name in zip(curves, names):
@@ -67,6 +71,7 @@ def step_fsc_curves(step) -> list[tuple[str, np.ndarray, np.ndarray]]:
 
 def step_fsc_figure(step, threshold: float = 0.143) -> go.Figure:
     """Plotly figure of a step's FSC curves (start, every iteration, final)."""
+    import plotly.graph_objects as go  # imported here: plotly takes ~1 s to import
     fig = go.Figure()
     for i, (label, freq, fsc) in enumerate(step_fsc_curves(step)):
         dash = "dot" if label.split()[-1] in ("start", "final") else None
@@ -143,6 +148,7 @@ def gmm_figure(gmm: xr.Dataset, half: int | None = None, color: str = "amplitude
         If ``gmm`` lacks a GMM variable, ``color`` names no per-Gaussian variable, or ``half``
         is not one of the dataset's halves.
     """
+    import plotly.graph_objects as go  # imported here: plotly takes ~1 s to import
     missing = [v for v in ("position_angstrom", "amplitude", "width_angstrom") if v not in gmm]
     if missing:
         raise ValueError(f"not a GMM dataset: missing variables {missing}")
@@ -202,6 +208,7 @@ def gmm_figure(gmm: xr.Dataset, half: int | None = None, color: str = "amplitude
 def patches_figure(patches) -> go.Figure:
     """3D scatter of the Gaussian centres coloured by patch (a ``Session.patches(k)`` object),
     with each patch's centre marked and its mask radius in the hover text."""
+    import plotly.graph_objects as go  # imported here: plotly takes ~1 s to import
     lay = patches.layout
     pts = np.asarray(patches.points_angstrom)
     fig = go.Figure()
