@@ -24,6 +24,16 @@
     stack_index             1        0-based index of the image in its stack
     ======================  =======  ================================================
 
+    optional variables (present only where the source has them; see
+    :data:`OPTIONAL_PARTICLE_VARIABLES`):
+
+    ======================  =======  ================================================
+    image_sign              1        float32 +1 or -1: the image reader multiplies each
+                                     stored image by it to get RELION's contrast
+                                     (protein bright). cryoSPARC's ``blob/sign``;
+                                     absent for RELION sets (images used as stored)
+    ======================  =======  ================================================
+
 ``optics`` (xarray.Dataset, dimension ``optics_group``; coordinate = RELION group number)
     ``optics_group_name`` (str), ``pixel_size_angstrom`` (Å), ``box_size`` (pixels),
     ``voltage_kv`` (kV), ``cs_mm`` (mm), ``amplitude_contrast`` (fraction).
@@ -34,7 +44,7 @@
 
 from __future__ import annotations
 
-__all__ = ["PARTICLE_VARIABLES", "OPTICS_VARIABLES", "UNITS", "POSE_VARIABLES", "CTF_VARIABLES"]
+__all__ = ["PARTICLE_VARIABLES", "OPTIONAL_PARTICLE_VARIABLES", "OPTICS_VARIABLES", "UNITS", "POSE_VARIABLES", "CTF_VARIABLES"]
 
 POSE_VARIABLES = ("rot_deg", "tilt_deg", "psi_deg", "origin_x_angstrom", "origin_y_angstrom")
 CTF_VARIABLES = (
@@ -46,6 +56,8 @@ CTF_VARIABLES = (
     "ctf_scale",
 )
 PARTICLE_VARIABLES = POSE_VARIABLES + CTF_VARIABLES + ("optics_group", "half", "stack_path", "stack_index")
+# Not required by the readers (make_particles_dataset); each is documented in the table above.
+OPTIONAL_PARTICLE_VARIABLES = ("image_sign",)
 OPTICS_VARIABLES = ("optics_group_name", "pixel_size_angstrom", "box_size", "voltage_kv", "cs_mm", "amplitude_contrast")
 
 UNITS = {
@@ -60,6 +72,7 @@ UNITS = {
     "phase_shift_deg": "degree",
     "ctf_bfactor_angstrom2": "Å^2",
     "ctf_scale": "1",
+    "image_sign": "1",
     "pixel_size_angstrom": "Å",
     "box_size": "pixel",
     "voltage_kv": "kV",

@@ -72,3 +72,52 @@ def relion31_set(tmp_path: Path, n: int = 6, box: int = 16, pixel_size: float = 
     star = tmp_path / "particles.star"
     starfile.write({"optics": optics_table(pixel_size, box), "particles": particles_table(names)}, star, overwrite=True)
     return star, images
+
+
+def cryosparc_records(particles, optics, blob_path: str, sign: float | np.ndarray | None = -1.0) -> np.ndarray:
+    """The ``.cs`` record array cryoSPARC would hold for a RELION particles dataset.
+
+    float32 fields as cryoSPARC writes them. ``alignments3D/pose`` is the rotation vector of
+    ``A.T`` (``A`` = RELION's matrix), ``alignments3D/shift`` the origin in pixels,
+    ``blob/idx`` the stack index, ``blob/path`` = ``blob_path`` for every particle.
+    ``sign``: ``blob/sign`` (a number or one per particle); None leaves the field out.
+    """
+    import torch
+
+    from gmmsession.kernels.conventions import euler_relion_to_matrix
+    from gmmsession.kernels.rotations import matrix_to_rotvec
+
+    n = int(particles.sizes["particle"])
+    opt = optics.sel(optics_group=particles["optics_group"].values)
+    px = opt["pixel_size_angstrom"].values
+    euler = np.stack([particles[v].values for v in ("rot_deg", "tilt_deg", "psi_deg")], axis=-1)
+    pose = matrix_to_rotvec(euler_relion_to_matrix(torch.from_numpy(euler)).transpose(-1, -2)).numpy()
+    fields = [("uid", "<u8"), ("blob/path", f"S{len(blob_path) + 1}"), ("blob/idx", "<u4"), ("blob/shape", "<u4", (2,)),
+              ("blob/psize_A", "<f4")]
+    fields += [("blob/sign", "<f4")] if sign is not None else []
+    fields += [("ctf/accel_kv", "<f4"), ("ctf/cs_mm", "<f4"), ("ctf/amp_contrast", "<f4"), ("ctf/df1_A", "<f4"),
+               ("ctf/df2_A", "<f4"), ("ctf/df_angle_rad", "<f4"), ("ctf/phase_shift_rad", "<f4"), ("alignments3D/split", "<u4"),
+               ("alignments3D/shift", "<f4", (2,)), ("alignments3D/pose", "<f4", (3,)), ("alignments3D/psize_A", "<f4")]
+    cs = np.zeros(n, dtype=fields)
+    cs["uid"] = 10**12 + np.arange(n) * 7919
+    cs["blob/path"] = blob_path.encode()
+    cs["blob/idx"] = particles["stack_index"].values
+    cs["blob/shape"] = opt["box_size"].values[:, None]
+    cs["blob/psize_A"] = cs["alignments3D/psize_A"] = px
+    if sign is not None:
+        cs["blob/sign"] = sign
+    cs["ctf/accel_kv"], cs["ctf/cs_mm"], cs["ctf/amp_contrast"] = opt["voltage_kv"].values, opt["cs_mm"].values, opt["amplitude_contrast"].values
+    cs["ctf/df1_A"], cs["ctf/df2_A"] = particles["defocus_u_angstrom"].values, particles["defocus_v_angstrom"].values
+    cs["ctf/df_angle_rad"] = np.deg2rad(particles["defocus_angle_deg"].values)
+    cs["ctf/phase_shift_rad"] = np.deg2rad(particles["phase_shift_deg"].values)
+    cs["alignments3D/split"] = particles["half"].values - 1
+    cs["alignments3D/shift"] = np.stack([particles["origin_x_angstrom"].values, particles["origin_y_angstrom"].values], -1) / px[:, None]
+    cs["alignments3D/pose"] = pose
+    return cs
+
+
+def write_cs(path: Path, records: np.ndarray) -> Path:
+    """Save a record array as cryoSPARC does (``np.save`` to an open file, so no ``.npy`` suffix)."""
+    with open(path, "wb") as f:
+        np.save(f, records)
+    return path

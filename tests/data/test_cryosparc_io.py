@@ -72,7 +72,9 @@ def test_2d_only_file_has_nan_poses(shared_data):
 
 def test_empiar_cs_matches_star(shared_data):
     """empiar_10076_7.cs describes the same 7 particles as empiar_10076_7.star: blob/idx is
-    0-based (idx 0 = 1@), and the CTF agrees to the float32 precision of the .cs file."""
+    0-based (idx 0 = 1@), and the CTF agrees to the float32 precision of the .cs file. The
+    .cs file has blob/sign -1, so its images are the star file's negated (see
+    test_cryosparc_sign)."""
     star = read_relion_star(shared_data / "relion" / "empiar_10076_7.star")
     cs = read_cryosparc(shared_data / "cryosparc" / "empiar_10076_7.cs", stacks_root=shared_data / "relion")
     a, b = star.particles, cs.particles
@@ -88,7 +90,7 @@ def test_empiar_cs_matches_star(shared_data):
         with ParticleImageReader(a, star.optics) as r1, ParticleImageReader(b, cs.optics) as r2:
             img_star, img_cs = r1.read(), r2.read()
     assert img_star.shape == (7, 320, 320)
-    np.testing.assert_array_equal(img_star, img_cs)
+    np.testing.assert_array_equal(img_star, -img_cs)
     assert not np.array_equal(img_star[0], img_star[1])
 
 

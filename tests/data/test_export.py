@@ -13,7 +13,7 @@ import starfile
 
 from gmmsession.data.errors import GmmsessionInputError
 from gmmsession.data.io.cryosparc import read_cryosparc
-from gmmsession.data.io.export import export_star
+from gmmsession.data.io.export import InvertedContrastWarning, export_star
 from gmmsession.data.io.relion import read_relion_star
 from gmmsession.data.schema import PARTICLE_VARIABLES
 from tests.conftest import requires_relion
@@ -115,7 +115,9 @@ def test_particle_not_in_source(shared_data, tmp_path):
 
 def test_cryosparc_exports_fresh_relion31(shared_data, tmp_path):
     ps = read_cryosparc(shared_data / "cryosparc" / "cryosparc_P12_J24_001_particles.cs", stacks_root=tmp_path / "project")
-    out = export_star(tmp_path / "cs.star", ps)
+    # Every particle has blob/sign -1 (dark stacks): RELION would read them inverted, so export warns.
+    with pytest.warns(InvertedContrastWarning, match="2019 of 2019 particles"):
+        out = export_star(tmp_path / "cs.star", ps)
     blocks = starfile.read(out, always_dict=True)
     assert list(blocks) == ["optics", "particles"]
     # The stacks are .mrc: RELION needs N@x.mrcs, so links to them are named.

@@ -19,6 +19,16 @@ pyem's ``metadata/cryosparc2.py`` (csparc2star) and with worked examples in the 
   ``blob/psize_A``, ``blob/shape``. Relative paths are looked up under ``stacks_root`` (the
   project directory) first, then the ``.cs`` file's folder. ``image_name`` is built as
   RELION would write it, ``NNNNNN@path`` with N = idx + 1; ``particle_key`` is the ``uid``.
+* Contrast: ``blob/sign`` (float, +1 or -1 per particle) is the factor cryoSPARC multiplies
+  the stored image by before using it. Particles extracted by cryoSPARC keep the
+  micrograph's contrast (protein dark) and carry ``-1``; so do the real files in the tests
+  (``../shared/data/cryosparc/``; the 7 EMPIAR-10076 images, which ``empiar_10076_7.cs``
+  imports with sign -1, are dark: low-pass filtered, their centres are darker than their
+  edges). gmmsession works in RELION's convention (protein bright, ``CTF(0) = +Q0``,
+  :mod:`gmmsession.kernels.conventions`), so the sign is kept as the per-particle variable
+  ``image_sign`` (float32, +1 where the field is absent) and
+  :class:`~gmmsession.data.io.stack.ParticleImageReader` multiplies each image by it. Any
+  other value (0, NaN, 0.5) is refused, naming the particle.
 * Optics groups: one per distinct (``ctf/exp_group_id``, pixel size, box, voltage, Cs,
   amplitude contrast), numbered 1.. in order of first appearance.
 * Files without ``alignments3D`` (2D classification, CTF-only imports) load with NaN
@@ -35,6 +45,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import xarray as xr
 
 from gmmsession.data.errors import GmmsessionInputError
 from gmmsession.data.io.stack import resolve_stack_path, stack_shape
@@ -46,6 +57,7 @@ from gmmsession.data.particles import (
     make_particles_dataset,
     split_random_halves,
 )
+from gmmsession.data.schema import UNITS
 from gmmsession.kernels.conventions import matrix_to_euler_relion
 from gmmsession.kernels.rotations import rotvec_to_matrix
 
@@ -84,6 +96,25 @@ def _optional(cs: np.ndarray, name: str, default: float) -> np.ndarray:
     return np.full(len(cs), default, dtype=np.float64)
 
 
+def _image_sign(cs: np.ndarray, path: Path, image_name: np.ndarray) -> np.ndarray:
+    """``blob/sign`` as float32 +1/-1 per particle (+1 if the field is absent); anything else raises."""
+    if "blob/sign" not in cs.dtype.names:
+        return np.ones(len(cs), dtype=np.float32)
+    raw = np.asarray(cs["blob/sign"])
+    if raw.shape != (len(cs),):
+        raise GmmsessionInputError(f"{path}: field blob/sign must hold one number per particle, got shape {raw.shape}")
+    sign = raw.astype(np.float64)
+    bad = ~np.isin(sign, (1.0, -1.0))  # NaN is not in the set
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        uid = f"uid {cs['uid'][row]}, " if "uid" in cs.dtype.names else ""
+        raise GmmsessionInputError(
+            f"{path}: field blob/sign must be +1 or -1 (the image contrast); particle {image_name[row]} "
+            f"({uid}row {row}, 0-based) has {float(raw[row])!r}" + (f" ({int(bad.sum())} such particles)" if bad.sum() > 1 else "")
+        )
+    return sign.astype(np.float32)
+
+
 def _f32_decimal(value: float) -> float:
     """The shortest decimal that a float32 field holds (2.7 rather than 2.700000047683716)."""
     return float(str(np.float32(value)))
@@ -110,11 +141,14 @@ def read_cryosparc(
     -------
     ParticleSet
         ``source.cs`` keeps the whole record array; ``source.format == "cryosparc"``.
+        ``particles`` has, besides the schema's variables, ``image_sign`` (float32 +1/-1,
+        from ``blob/sign``), which the image reader applies.
 
     Raises
     ------
     GmmsessionInputError
-        Unreadable file, missing required field (named), no pixel size, bad split values.
+        Unreadable file, missing required field (named), no pixel size, bad split values,
+        a ``blob/sign`` other than +1/-1 (naming the particle's uid and row).
     """
     path = Path(os.path.abspath(path))
     if not path.is_file():
@@ -226,6 +260,9 @@ def read_cryosparc(
         "stack_index": blob_idx,
     }
     particles = make_particles_dataset(columns, image_name, attrs, particle_key=keys)
+    particles["image_sign"] = xr.Variable(
+        "particle", _image_sign(cs, path, image_name), attrs={"units": UNITS["image_sign"], "source_field": "blob/sign"}
+    )
     if "alignments3D/split" not in cs.dtype.names:
         particles = split_random_halves(particles, split_seed)
     source = SourceTables(

@@ -13,13 +13,22 @@ columns, the optics table, the other blocks and the block order survive; floats 
 exactly (:func:`~gmmsession.data.io.star.write_star_blocks_lossless`).
 
 A set read from cryoSPARC is written as a fresh RELION 3.1 star file (``data_optics`` +
-``data_particles``) whose ``N@path`` names RELION can open.
+``data_particles``) whose ``N@path`` names RELION can open. Those names point at the cryoSPARC
+stacks themselves, which are not rewritten: particles with ``image_sign == -1`` (cryoSPARC's
+``blob/sign``; every cryoSPARC-extracted particle) are stored dark, and RELION has no column
+for an image's sign, so RELION would read them inverted and reconstruct an inverted map.
+The star file's poses and CTF are right; the images must be inverted before RELION uses them
+(for example ``relion_image_handler --i stack.mrcs --o inverted.mrcs --multiply_constant -1``,
+then point ``rlnImageName`` at the inverted stacks, or re-extract in RELION). Export therefore
+issues an :class:`InvertedContrastWarning` naming how many particles and stacks are
+affected (``on_dark_images="raise"`` makes it an error).
 """
 
 from __future__ import annotations
 
 import copy
 import os
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -33,7 +42,28 @@ from gmmsession.data.io.relion import particle_keys
 from gmmsession.data.io.star import write_star_blocks_lossless
 from gmmsession.data.particles import ParticleSet, SourceTables
 
-__all__ = ["export_star"]
+__all__ = ["export_star", "InvertedContrastWarning"]
+
+class InvertedContrastWarning(UserWarning):
+    """An exported RELION star file names stacks whose protein is dark (``image_sign == -1``)."""
+
+
+def _dark_images_message(particles: xr.Dataset, path: Path) -> str | None:
+    """What to tell the user when particles with ``image_sign == -1`` go into a RELION star file."""
+    if "image_sign" not in particles:
+        return None
+    dark = np.asarray(particles["image_sign"].values, dtype=np.float64) < 0
+    if not dark.any():
+        return None
+    stacks = pd.unique(np.asarray(particles["stack_path"].values, dtype=object)[dark])
+    return (
+        f"{path}: {int(dark.sum())} of {dark.size} particles (first {particles['image_name'].values[dark][0]}) have "
+        f"image_sign -1 (cryoSPARC blob/sign): their {len(stacks)} stack(s), e.g. {stacks[0]}, store dark protein, and "
+        "RELION, which has no per-image sign, would read them inverted and reconstruct an inverted map. The poses and "
+        "CTF written are right; invert the stacks before using them in RELION (relion_image_handler --i stack "
+        "--o inverted.mrcs --multiply_constant -1, then point rlnImageName at the inverted stacks)"
+    )
+
 
 _ANGLES = (("rot_deg", "rlnAngleRot"), ("tilt_deg", "rlnAngleTilt"), ("psi_deg", "rlnAnglePsi"))
 
@@ -192,6 +222,7 @@ def export_star(
     keep_unmatched: bool = False,
     relative_to: str | os.PathLike | None = None,
     link_mrc_stacks: bool = True,
+    on_dark_images: str = "warn",
 ) -> Path:
     """Write the particles' poses into a star file (atomically).
 
@@ -213,6 +244,11 @@ def export_star(
         cryoSPARC source only: RELION reads ``N@stack`` only from ``.mrcs`` files, so for each
         ``.mrc`` stack a symbolic link ``<output stem>_stacks/<name>.mrcs`` is made beside the
         output and named instead.
+    on_dark_images : ``"warn"`` (default) or ``"raise"``
+        cryoSPARC source only: what to do when particles have ``image_sign == -1`` (their
+        stacks store dark protein, which RELION would read inverted; see the module notes):
+        an :class:`InvertedContrastWarning`, or a :class:`GmmsessionInputError` before
+        anything is written.
 
     Returns
     -------
@@ -222,8 +258,16 @@ def export_star(
     ------
     GmmsessionInputError
         Writing over an input file (nothing is written), a particle absent from the source,
-        a particle listed twice, a NaN pose.
+        a particle listed twice, a NaN pose; with ``on_dark_images="raise"``, dark-protein
+        particles in a cryoSPARC source.
+
+    Warns
+    -----
+    InvertedContrastWarning
+        cryoSPARC source with particles whose ``image_sign`` is -1 (the file is still written).
     """
+    if on_dark_images not in ("warn", "raise"):
+        raise ValueError(f"on_dark_images must be 'warn' or 'raise', got {on_dark_images!r}")
     if isinstance(particle_set, ParticleSet):
         particles, optics, source = particle_set.particles, particle_set.optics, particle_set.source
     else:
@@ -241,6 +285,9 @@ def export_star(
             version = 30001
         return write_star_blocks_lossless(path, blocks, version=version)
 
+    dark = _dark_images_message(particles, path)
+    if dark is not None and on_dark_images == "raise":
+        raise GmmsessionInputError(f"refusing to write {dark}")
     links: dict[str, Path] = {}
     link_dir = path.parent / f"{path.stem}_stacks" if link_mrc_stacks else None
     rel = Path(os.path.abspath(relative_to)) if relative_to is not None else None
@@ -252,4 +299,7 @@ def export_star(
                 continue
             raise GmmsessionInputError(f"refusing to replace {link}: it exists and does not point at {target}")
         os.symlink(os.path.abspath(target), link)
-    return write_star_blocks_lossless(path, blocks, version=30001)
+    out = write_star_blocks_lossless(path, blocks, version=30001)
+    if dark is not None:
+        warnings.warn(dark, InvertedContrastWarning, stacklevel=2)
+    return out

@@ -9,6 +9,13 @@ MRC, non-finite pixels (:class:`NonFiniteImageError`, which carries the position
 MRC headers that lie (no ``MAP `` id, pixel size 0 or 1 while the star file says otherwise)
 are read anyway: one :class:`~gmmsession.data.io.mrc.MrcHeaderWarning` per file, and the
 star file's pixel size is used.
+
+Contrast: images come out in RELION's convention (protein bright). Where the particles
+carry ``image_sign`` (cryoSPARC's ``blob/sign``, -1 for cryoSPARC-extracted stacks, which keep
+the micrograph's dark-protein contrast) each image is multiplied by its particle's sign;
+RELION sets have no ``image_sign`` and their images come back as stored. Every consumer
+(chunks, reconstruction, alignment, image checks) reads through this class, so the sign is
+applied in exactly one place.
 """
 
 from __future__ import annotations
@@ -90,7 +97,8 @@ class ParticleImageReader:
     Parameters
     ----------
     particles : xarray.Dataset
-        With ``stack_path``, ``stack_index``, ``optics_group`` and ``image_name``.
+        With ``stack_path``, ``stack_index``, ``optics_group`` and ``image_name``; optionally
+        ``image_sign`` (+1/-1 per particle, see :mod:`gmmsession.data.schema`).
     optics : xarray.Dataset
         With ``pixel_size_angstrom`` and ``box_size`` per optics group (a box of 0 means
         unknown: the stack's own box is accepted).
@@ -99,7 +107,14 @@ class ParticleImageReader:
     -----
     Files are opened on first use and kept open (memory-mapped) until :meth:`close`; use the
     reader as a context manager. Images come back as float32 ``(n, box, box)`` arrays with
-    rows = y, columns = x, exactly as stored (no normalisation, no flipping).
+    rows = y, columns = x, as stored times the particle's ``image_sign`` when the dataset has
+    one (cryoSPARC sets: -1 turns dark-protein stacks into RELION's protein-bright contrast),
+    exactly as stored otherwise (RELION sets); never normalised, filtered or mirrored.
+
+    Raises
+    ------
+    GmmsessionInputError
+        An ``image_sign`` other than +1/-1 (naming the particle), an undefined optics group.
     """
 
     def __init__(self, particles: xr.Dataset, optics: xr.Dataset):
@@ -117,8 +132,25 @@ class ParticleImageReader:
         idx = order[pos]
         self._box = np.asarray(optics["box_size"].values, dtype=np.int64)[idx]
         self._pixel_size = np.asarray(optics["pixel_size_angstrom"].values, dtype=np.float64)[idx]
+        self._negate = self._negated_particles(particles)
         self._open: dict[str, _OpenStack] = {}
         self.dropped_positions = np.zeros(0, dtype=np.int64)
+
+    def _negated_particles(self, particles: xr.Dataset) -> np.ndarray | None:
+        """Boolean mask of particles whose ``image_sign`` is -1, or None if none is."""
+        if "image_sign" not in particles:
+            return None
+        sign = np.asarray(particles["image_sign"].values, dtype=np.float64)
+        if sign.shape != self._stack_path.shape:
+            raise GmmsessionInputError(f"image_sign has shape {sign.shape}, expected ({len(self._stack_path)},) like the particles")
+        bad = ~np.isin(sign, (1.0, -1.0))
+        if bad.any():
+            where = particles.attrs.get("source_path", "<particles>")
+            raise GmmsessionInputError(
+                f"{where}: image_sign must be +1 or -1; particle {self._image_name[bad][0]} has {float(sign[bad][0])!r}"
+            )
+        negate = sign < 0
+        return negate if negate.any() else None
 
     # -- resource handling -------------------------------------------------------------
     def close(self) -> None:
@@ -198,7 +230,7 @@ class ParticleImageReader:
         return np.where(pos < 0, pos + n, pos)
 
     def _read_raw(self, pos: np.ndarray) -> np.ndarray:
-        """Images for positions (no finiteness check), float32 (k, box, box)."""
+        """Images for positions (no finiteness check, ``image_sign`` applied), float32 (k, box, box)."""
         if pos.size == 0:
             box = int(self._box[0]) if len(self._box) else 0
             return np.zeros((0, box, box), dtype=np.float32)
@@ -241,6 +273,10 @@ class ParticleImageReader:
                 raise GmmsessionInputError(f"{stack.path}: corrupt MRC stack, cannot read images ({exc})") from exc
             out[sel[order]] = block[inverse]
         assert out is not None
+        if self._negate is not None:
+            flip = np.flatnonzero(self._negate[pos])
+            if flip.size:
+                out[flip] *= -1.0  # image_sign: stored contrast -> RELION's (protein bright)
         return out
 
     def _nonfinite_mask(self, images: np.ndarray) -> np.ndarray:
@@ -256,7 +292,8 @@ class ParticleImageReader:
 
         Returns
         -------
-        (n, box, box) float32 array in the order of ``positions``.
+        (n, box, box) float32 array in the order of ``positions``, each image multiplied by its
+        particle's ``image_sign`` where the dataset has one.
 
         Raises
         ------
