@@ -22,7 +22,9 @@ __all__ = ["ParticleChunk", "iter_particle_chunks"]
 @dataclass(frozen=True)
 class ParticleChunk:
     """``positions`` (n,) along ``particle``; ``images`` (n, box, box) float32 real space, as stored
-    (not phase-flipped); ``params`` their poses and CTF; ``halves`` (n,) int64 half set 1 or 2."""
+    times the particle's ``image_sign`` where the set has one (cryoSPARC ``blob/sign``; protein
+    bright, RELION's convention), not phase-flipped; ``params`` their poses and CTF; ``halves``
+    (n,) int64 half set 1 or 2."""
 
     positions: np.ndarray
     images: torch.Tensor

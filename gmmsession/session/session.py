@@ -615,13 +615,16 @@ class Session:
         d = Path(directory)
         return [write_map(d / f"{prefix}{h}.mrc", self._half_maps.sel(half=h).values, self.pixel_size_angstrom) for h in (1, 2)]
 
-    def export_star(self, path: str | os.PathLike) -> Path:
+    def export_star(self, path: str | os.PathLike, *, on_dark_images: str = "warn") -> Path:
         """Write the input's tables with this session's poses (RELION star; lossless, atomic).
 
-        Refuses to write over any input file of the session.
+        Refuses to write over any input file of the session. Particles from cryoSPARC stacks
+        stored dark (``blob/sign`` -1) are read bright here but RELION would read them dark:
+        ``on_dark_images="warn"`` (default) warns, ``"raise"`` refuses
+        (:func:`gmmsession.data.io.export.export_star`).
         """
         with Timer() as t:
-            out = _export_star(path, self._set, inputs=session_input_paths(self._set))
+            out = _export_star(path, self._set, inputs=session_input_paths(self._set), on_dark_images=on_dark_images)
         self._record("export_star", {"path": str(path)}, t, {"n_particles": int(self.particles.sizes["particle"])})
         return Path(out)
 

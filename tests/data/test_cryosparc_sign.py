@@ -152,6 +152,17 @@ def test_export_of_dark_cryosparc_particles_can_refuse(tmp_path, bright):
         export_star(tmp_path / "out.star", cs, on_dark_images="ignore")
 
 
+def test_session_export_star_passes_on_dark_images(tmp_path, bright):
+    ps, images = bright
+    _write_mrc_stack(tmp_path / "stack.mrc", -images)
+    s = gs.Session.from_cryosparc(write_cs(tmp_path / "p.cs", cryosparc_records(ps.particles, ps.optics, "stack.mrc", -1.0)))
+    with pytest.raises(GmmsessionInputError, match="image_sign -1"):
+        s.export_star(tmp_path / "strict.star", on_dark_images="raise")
+    assert not (tmp_path / "strict.star").exists()
+    with pytest.warns(InvertedContrastWarning):
+        s.export_star(tmp_path / "default.star")
+
+
 def test_export_of_bright_cryosparc_particles_is_quiet(tmp_path, bright):
     _, images = bright
     cs = _cs_set(tmp_path, bright, 1.0, images)
