@@ -23,10 +23,14 @@ Attributes of ``particles``
     (no angles: NaN).
 ``symmetry_expanded`` (str, only on symmetry-expanded sets)
     The point group of :func:`gmmsession.algorithms.symmetry.expand_symmetry` (e.g. ``"C3"``),
-    or, for a set read from a file that ``relion_particle_symmetry_expand`` wrote,
-    ``"unknown (k copies per particle in <file name>)"``: the file does not name the group, so
-    this is a description, never a group name to pass on. Such sets also carry the variables
-    ``symmetry_source_particle`` and ``symmetry_operator``.
+    or, for a set read from a file that ``relion_particle_symmetry_expand`` wrote (possibly
+    classified and a subset selected afterwards), ``"unknown (k copies per particle in <file
+    name>; symmetry_operator is each copy's order ...)"``, with ``"1 to k copies"`` when
+    particles kept different numbers of copies: the file does not name the group, so this is a
+    description, never a group name to pass on. Such sets also carry the variables
+    ``symmetry_source_particle`` and ``symmetry_operator``; in a set read from a file,
+    ``symmetry_operator`` is the copy's order among its particle's rows, not an index into the
+    group's operators (see :mod:`gmmsession.data.io.relion`).
 """
 
 from __future__ import annotations
@@ -204,8 +208,10 @@ def split_random_halves(particles: xr.Dataset, seed: int, groups: np.ndarray | N
     groups : (n,) array, optional
         Particles with equal values share a half set (the copies of one particle in a
         symmetry-expanded set): the permutation is over the groups, in order of first
-        appearance, and the groups are balanced. Default: every particle is its own group
-        (the same split as without ``groups``).
+        appearance, and the numbers of groups are balanced (groups of different sizes, as in
+        a subset selected after expansion, can leave the halves with row counts that differ
+        by more than 1). Default: every particle is its own group (the same split as without
+        ``groups``).
 
     Returns
     -------

@@ -22,6 +22,9 @@ N, K = 6, 3
 needs_expand = pytest.mark.skipif(
     shutil.which("relion_particle_symmetry_expand") is None, reason="relion_particle_symmetry_expand is not installed"
 )
+needs_star_handler = pytest.mark.skipif(
+    shutil.which("relion_star_handler") is None, reason="relion_star_handler is not installed"
+)
 
 
 def rotations(ds) -> torch.Tensor:
@@ -29,10 +32,8 @@ def rotations(ds) -> torch.Tensor:
     return euler_relion_to_matrix(torch.as_tensor(euler))
 
 
-@requires_relion
-@needs_expand
-@pytest.mark.relion
-def test_relion_expanded_star_loads_as_our_expansion(tmp_path):
+def expand_with_relion(tmp_path) -> None:
+    """in.star (N particles, a stack of N images) and RELION's C3 expansion of it, out.star."""
     t = tables(N, seed=11)
     parts = t["particles"]
     parts["rlnImageName"] = [f"{i + 1:06d}@stack.mrcs" for i in range(N)]
@@ -46,6 +47,14 @@ def test_relion_expanded_star_loads_as_our_expansion(tmp_path):
         ["relion_particle_symmetry_expand", "--i", "in.star", "--o", "out.star", "--sym", "C3"],
         cwd=tmp_path, check=True, capture_output=True, timeout=120,
     )
+
+
+@requires_relion
+@needs_expand
+@pytest.mark.relion
+def test_relion_expanded_star_loads_as_our_expansion(tmp_path):
+    expand_with_relion(tmp_path)
+    parts = starfile.read(tmp_path / "in.star")["particles"]
     relion = starfile.read(tmp_path / "out.star")["particles"]
     # RELION writes each particle's copies consecutively, the unchanged row (identity) first.
     np.testing.assert_array_equal(relion["rlnImageName"], np.repeat(parts["rlnImageName"].to_numpy(), K))
@@ -54,7 +63,7 @@ def test_relion_expanded_star_loads_as_our_expansion(tmp_path):
     got = s.particles
     ours = expand_symmetry(Session.from_star(tmp_path / "in.star").particles, "C3")
     assert got.sizes["particle"] == ours.sizes["particle"] == N * K
-    assert got.attrs["symmetry_expanded"] == "unknown (3 copies per particle in out.star)"
+    assert got.attrs["symmetry_expanded"].startswith("unknown (3 copies per particle in out.star; ")
     for v in ("symmetry_source_particle", "symmetry_operator", "half", "stack_index"):
         np.testing.assert_array_equal(got[v].values, ours[v].values, err_msg=v)
     np.testing.assert_allclose(got["origin_x_angstrom"].values, ours["origin_x_angstrom"].values, rtol=0, atol=1e-5)
@@ -73,4 +82,50 @@ def test_relion_expanded_star_loads_as_our_expansion(tmp_path):
     np.testing.assert_array_equal(back["rlnImageName"], relion["rlnImageName"])
     for col in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"):
         np.testing.assert_array_equal(back[col].to_numpy(), relion[col].to_numpy(), err_msg=col)
+    pd.testing.assert_frame_equal(back, relion)
+
+
+#: The class of each of RELION's 18 rows (6 particles x 3 copies) in a pretend focused classification;
+#: selecting class 2 keeps 1, 3, 2, 0, 1 and 2 copies of the particles.
+CLASSES = [2, 1, 1, 2, 2, 2, 1, 2, 2, 1, 1, 1, 1, 1, 2, 2, 1, 2]
+
+
+@requires_relion
+@needs_expand
+@needs_star_handler
+@pytest.mark.relion
+def test_relion_selected_class_of_an_expanded_set_loads_and_exports(tmp_path):
+    """Expand (C3), classify (a fake rlnClassNumber and per-row scores), select class 2 with
+    relion_star_handler: particles keep 0 to 3 copies; the subset loads and exports row for row."""
+    expand_with_relion(tmp_path)
+    blocks = starfile.read(tmp_path / "out.star")
+    rng = np.random.default_rng(4)
+    blocks["particles"]["rlnClassNumber"] = CLASSES
+    blocks["particles"]["rlnLogLikeliContribution"] = rng.normal(0, 1e4, N * K)
+    blocks["particles"]["rlnMaxValueProbDistribution"] = rng.uniform(0, 1, N * K)
+    starfile.write(blocks, tmp_path / "classified.star", overwrite=True)
+    subprocess.run(
+        ["relion_star_handler", "--i", "classified.star", "--o", "subset.star",
+         "--select", "rlnClassNumber", "--minval", "2", "--maxval", "2"],
+        cwd=tmp_path, check=True, capture_output=True, timeout=120,
+    )
+    relion = starfile.read(tmp_path / "subset.star")["particles"]
+    keep = np.flatnonzero(np.asarray(CLASSES) == 2)
+    np.testing.assert_array_equal(relion["rlnImageName"], blocks["particles"]["rlnImageName"].to_numpy()[keep])
+    counts = relion["rlnImageName"].value_counts(sort=False).to_numpy()
+    np.testing.assert_array_equal(counts, [1, 3, 2, 1, 2])  # unequal copies per particle, 1 included
+
+    s = Session.from_star(tmp_path / "subset.star")
+    p = s.particles
+    assert p.sizes["particle"] == len(keep) == 9
+    assert p.attrs["symmetry_expanded"].startswith("unknown (1 to 3 copies per particle in subset.star; ")
+    np.testing.assert_array_equal(p["symmetry_source_particle"].values, [0, 1, 1, 1, 2, 2, 3, 4, 4])
+    np.testing.assert_array_equal(p["symmetry_operator"].values, [0, 0, 1, 2, 0, 1, 0, 0, 1])
+    np.testing.assert_array_equal(p["stack_index"].values, keep // K)
+    np.testing.assert_array_equal(p["half"].values, relion["rlnRandomSubset"].to_numpy())
+    np.testing.assert_array_equal(p["rot_deg"].values, relion["rlnAngleRot"].to_numpy())
+    # The copies of a particle differ in the per-copy score (else the test proves nothing).
+    assert relion["rlnLogLikeliContribution"].iloc[1:4].nunique() == 3
+
+    back = starfile.read(s.export_star(tmp_path / "back.star"))["particles"]
     pd.testing.assert_frame_equal(back, relion)

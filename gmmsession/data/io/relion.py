@@ -45,30 +45,54 @@ Decisions
   followed by one copy per further operator of ``G``, each a verbatim copy of the row with
   only ``rlnAngleRot/Tilt/Psi`` replaced (checked against the installed program in
   ``tests/relion/test_expanded_star_relion.py``); ``--helix`` instead changes ``rlnAngleRot``
-  and ``rlnOriginX/Y(Angst)`` and does not start with the identity. The program rewrites the
-  whole file in its own number format, so the copies of a row agree exactly in every other
-  column. :func:`symmetry_expansion` therefore accepts repeats of the identity key as an
-  expansion only if every repeated particle appears the same number of times ``k`` (a file
-  where some particles appear once and others twice is the duplicate error), its copies
-  agree on every column but :data:`EXPANSION_COLUMNS` (angles and origins), and no two copies
-  have the same pose (identical rows are the duplicate error). A group whose copies agree
-  on all of that but are in different half sets (``rlnRandomSubset``) is an error of its own
-  naming the file, image and rows: copies of one particle in both halves would break the
-  gold-standard separation.
-  Rows need not be consecutive (a stable sort keeps the copies' order). The set is then the
-  one :func:`gmmsession.algorithms.symmetry.expand_symmetry` builds in memory:
-  ``symmetry_source_particle`` is the group's number in order of first appearance (the
-  particle's position in the unexpanded file), ``symmetry_operator`` is the row's order within
-  its group (0 = identity in RELION's output; for the cyclic groups RELION's order of the other
-  operators is ours, for D, T, O, I it differs), and ``particle_key`` gains ``|copy<j>`` so
-  that export matches each copy to its own row (:func:`particle_keys`). The point group is
-  not in the file: ``attrs["symmetry_expanded"]`` is the description ``"unknown (k copies per
-  particle in <file name>)"``, never a group name, and the session's symmetry stays what
-  :meth:`~gmmsession.session.session.Session.from_star` is given (C1 for such a file: the
-  copies already carry the symmetry). Without ``rlnRandomSubset`` the random split is drawn
-  per source particle, so the copies share a half set. A file that was classified or
-  refined after the expansion (copies that differ in ``rlnClassNumber`` or in scores, or a
-  selected subset with unequal numbers of copies) is not recognised and stays an error.
+  and ``rlnOriginX/Y(Angst)`` and does not start with the identity. The usual next steps are
+  focused 3D classification without alignment of the expanded set (``relion_refine
+  --skip_align`` with a mask) and the selection of one class (``relion_star_handler --select
+  rlnClassNumber``): the copies then differ in the columns classification writes per row
+  (``rlnClassNumber``, ``rlnLogLikeliContribution``, ``rlnMaxValueProbDistribution``,
+  ``rlnNrOfSignificantSamples``, ``rlnNormCorrection``, ...), and each particle keeps only the
+  copies that fell in the class: any number from 1 to the group's order. So
+  :func:`symmetry_expansion` accepts rows that repeat the identity key as the copies of one
+  particle when
+
+  - the copies agree on every column of :data:`PER_IMAGE_COLUMNS`: what describes the image
+    itself (image name, original image name, micrograph, coordinates, optics group, CTF and
+    defocus, RELION 3.0 per-particle optics). One image has one value of these; copies that
+    differ there are rows of different origin with the same name (the duplicate error,
+    naming the column). This is a list of per-image columns, not a list of per-copy ones,
+    because the per-copy columns are open-ended: every RELION job run on the expanded set
+    adds its own (scores, class numbers, priors, helical track data, and whatever a newer
+    RELION or a user script writes), gmmsession interprets none of them, and export writes
+    each row's own values back, so a difference there cannot corrupt anything. A list of
+    per-copy columns would refuse every file carrying a column it does not know;
+  - the copies are in one half set (``rlnRandomSubset``), else an error of its own naming the
+    file, image and rows: copies of one particle in both halves would break the
+    gold-standard separation;
+  - no two copies have the same pose (all of :data:`EXPANSION_COLUMNS`: angles and origins):
+    identical poses are the same particle listed twice, the duplicate error.
+
+  Groups need not have the same size, and particles listed once may sit among them. The
+  price: a file that lists a particle twice with different poses and equal per-image columns
+  (two refinements of the same particles joined with ``relion_star_handler --combine``, say)
+  loads as an expansion too; nothing in the file tells the two apart. Rows need not be
+  consecutive (a stable sort keeps the copies' order). The set carries the variables of
+  :func:`gmmsession.algorithms.symmetry.expand_symmetry`: ``symmetry_source_particle`` is
+  the particle's number in order of first appearance (its position in the unexpanded file
+  for a full expansion), ``symmetry_operator`` is the row's order among its particle's rows
+  (0, 1, ...). For RELION's full expansion that is the operator's number in RELION's list (0 =
+  identity; RELION's order is ours for the cyclic groups, not for D, T, O, I); after a
+  selection it is only an order: which operators a particle kept is not in the file. Nothing
+  in gmmsession uses it as an operator number (the session and export only test that the
+  variable exists). ``particle_key`` gains ``|copy<j>`` so that export matches each copy to
+  its own row (:func:`particle_keys`), which writes every other column of the row back as it
+  was. The point group is not in the file: ``attrs["symmetry_expanded"]`` is the description
+  ``"unknown (k copies per particle in <file name>; symmetry_operator is each copy's order
+  ...)"`` (``"1 to k copies"`` when the numbers differ), never a group name, and the
+  session's symmetry stays what :meth:`~gmmsession.session.session.Session.from_star` is
+  given (C1 for such a file: the copies already carry the symmetry). Without
+  ``rlnRandomSubset`` the random split is drawn per source particle, so the copies share a
+  half set. A file in which every particle kept a single copy has no repeats and loads as a
+  plain set.
 """
 
 from __future__ import annotations
@@ -154,12 +178,23 @@ def parse_image_names(names: np.ndarray, path: str | os.PathLike) -> tuple[np.nd
 
 _KEY_COLUMNS = ("rlnMicrographName", "rlnCoordinateX", "rlnCoordinateY")
 
-#: The columns in which the copies of a symmetry-expanded particle may differ: the Euler angles
-#: (point-group expansion, ``--sym``) and the origins (helical expansion, ``--helix``).
+#: The pose columns: the Euler angles (point-group expansion, ``--sym``) and the origins (helical
+#: expansion, ``--helix``). The copies of an expanded particle differ here; two copies with the
+#: same values in all of these are the same particle listed twice.
 EXPANSION_COLUMNS = (
     "rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginX", "rlnOriginY", "rlnOriginXAngst", "rlnOriginYAngst",
 )
 
+#: The columns that describe the image itself, so the copies of one particle must agree on them
+#: (:func:`symmetry_expansion`): its identity, its optics and CTF (every per-particle column the
+#: reader interprets, RELION 3.0 per-particle optics included) and, checked on its own,
+#: ``rlnRandomSubset``. Every other column may differ between copies (module docstring).
+PER_IMAGE_COLUMNS = (
+    "rlnImageName", "rlnImageOriginalName", "rlnMicrographName", "rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ",
+    "rlnOpticsGroup", "rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnPhaseShift", "rlnCtfBfactor",
+    "rlnCtfScalefactor", "rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast", "rlnImagePixelSize",
+    "rlnPixelSize", "rlnDetectorPixelSize", "rlnMagnification",
+)
 
 def _identity_keys(df: pd.DataFrame) -> tuple[np.ndarray, str]:
     """The image name, and for a repeated name also micrograph and coordinates (before copies)."""
@@ -206,14 +241,16 @@ def particle_keys(df: pd.DataFrame) -> tuple[np.ndarray, str]:
     return keys, what
 
 
-def symmetry_expansion(df: pd.DataFrame, path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, int] | None:
-    """Recognise a table written by ``relion_particle_symmetry_expand`` (the module docstring).
+def symmetry_expansion(df: pd.DataFrame, path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Recognise a symmetry-expanded table (``relion_particle_symmetry_expand``; the module docstring).
 
     Rows that share the identity key (:func:`particle_keys` before the copy number) are the
-    copies of one particle. They are accepted as a symmetry expansion only if every such
-    group has the same size ``k`` >= 2, the copies agree on every column except
-    :data:`EXPANSION_COLUMNS` (``rlnRandomSubset`` included: one half set per particle), and
-    no two copies have the same pose.
+    copies of one particle. They are accepted as a symmetry expansion if the copies agree on
+    every column of :data:`PER_IMAGE_COLUMNS` present (the image, its optics and CTF) and on
+    ``rlnRandomSubset`` (one half set per particle), and no two copies of a particle have the
+    same pose (:data:`EXPANSION_COLUMNS`). Groups may have different sizes, 1 included (a
+    subset selected after classifying the expanded set), and the copies may differ in any
+    other column (class number, scores, priors: values RELION writes per row).
 
     Parameters
     ----------
@@ -222,18 +259,20 @@ def symmetry_expansion(df: pd.DataFrame, path: str | os.PathLike) -> tuple[np.nd
 
     Returns
     -------
-    None when no identity key repeats; else ``(source, operator, k)``: ``source`` (n,) int64,
-    the group's number in order of first appearance (0 .. n/k - 1, the position of the
-    particle in the unexpanded file when the rows are in RELION's order); ``operator`` (n,)
-    int64, the row's order within its group (0 .. k-1; RELION writes the identity first);
-    ``k`` the copies per particle.
+    None when no identity key repeats; else ``(source, copy, sizes)``: ``source`` (n,) int64,
+    the particle's number in order of first appearance (0 .. m - 1; the position of the
+    particle in the unexpanded file when the file is RELION's full expansion); ``copy`` (n,)
+    int64, the row's order among its particle's rows (0 .. size - 1; in a full expansion by
+    RELION, 0 is the identity and ``copy`` the operator's number in RELION's list, in a
+    selected subset only an order); ``sizes`` (m,) int64, each particle's number of rows.
 
     Raises
     ------
     GmmsessionInputError
-        Naming the file, the image name and the rows (1-based) of the first offending group:
-        unequal group sizes, copies in different half sets, copies that differ in another
-        column, or two copies with the same pose (the same particle listed twice).
+        Naming the file, the image name and the rows (1-based) of the first offending particle:
+        copies that differ in a per-image column (the duplicate error, naming the column),
+        copies in different half sets, or two copies with the same pose (the same particle
+        listed twice).
     """
     keys, what = _identity_keys(df)
     codes, uniques = pd.factorize(pd.Series(keys))
@@ -242,7 +281,9 @@ def symmetry_expansion(df: pd.DataFrame, path: str | os.PathLike) -> tuple[np.nd
         return None
     codes = codes.astype(np.int64)
     names = df["rlnImageName"].astype(str).to_numpy(dtype=object)
-    sizes = np.bincount(codes, minlength=n_groups)
+    sizes = np.bincount(codes, minlength=n_groups).astype(np.int64)
+    first_row = np.full(n_groups, n, dtype=np.int64)
+    np.minimum.at(first_row, codes, np.arange(n, dtype=np.int64))
 
     def rows_of(g: int) -> np.ndarray:
         return np.flatnonzero(codes == g)
@@ -251,40 +292,28 @@ def symmetry_expansion(df: pd.DataFrame, path: str | os.PathLike) -> tuple[np.nd
         rows = rows_of(g)
         return duplicate_particle_error(path, names[rows[0]], rows, what, reason)
 
-    values, counts = np.unique(sizes, return_counts=True)
-    if len(values) > 1:
-        k = int(values[np.argmax(counts)])  # the most common group size
-        odd = int(np.flatnonzero(sizes != k)[0])
-        g = odd if sizes[odd] > 1 else int(np.flatnonzero(sizes > 1)[0])
-        other = int(np.flatnonzero(sizes != sizes[g])[0])
-        raise fail(
-            g,
-            f"not a symmetry expansion: listed {sizes[g]} times, but {names[rows_of(other)[0]]!r} "
-            f"{sizes[other]} time(s); relion_particle_symmetry_expand writes every particle the same number of times",
-        )
-    k = int(values[0])
-    copy = pd.Series(codes).groupby(codes, sort=False).cumcount().to_numpy().astype(np.int64)
-    order = np.lexsort((copy, codes))  # (group, copy) -> row
-
     def first_mismatch(column: str) -> int | None:
-        v = df[column].to_numpy()[order].reshape(n_groups, k)
-        missing = pd.isna(v)
-        same = (v == v[:, :1]) | (missing & missing[:, :1])
-        bad = np.flatnonzero(~same.all(axis=1))
-        return None if len(bad) == 0 else int(bad[0])
+        """The first particle (in order of appearance) whose rows differ in ``column``."""
+        v = df[column].to_numpy()
+        ref = v[first_row[codes]]
+        missing, ref_missing = pd.isna(v), pd.isna(ref)
+        same = np.where(missing | ref_missing, missing & ref_missing, v == ref)
+        bad = codes[~same.astype(bool)]
+        return None if len(bad) == 0 else int(bad.min())
 
-    # Other columns first: rows that differ there are no expansion at all (the duplicate error),
-    # whatever their half sets.
-    for column in df.columns:
-        if column in EXPANSION_COLUMNS or column == "rlnRandomSubset":
+    # Per-image columns first: rows that differ there are no expansion at all (the duplicate
+    # error), whatever their half sets.
+    for column in PER_IMAGE_COLUMNS:
+        if column not in df.columns:
             continue
         g = first_mismatch(column)
         if g is not None:
             a, b = pd.unique(df[column].to_numpy()[rows_of(g)])[:2]
             raise fail(
                 g,
-                f"not a symmetry expansion: the rows differ in column {column} ({a!r} vs {b!r}); "
-                f"relion_particle_symmetry_expand changes only {', '.join(EXPANSION_COLUMNS)}",
+                f"not a symmetry expansion: the rows differ in column {column} ({a!r} vs {b!r}), a property of the "
+                "image itself; the copies of a symmetry-expanded particle differ only in pose and per-copy columns "
+                "(class, scores, priors)",
             )
     if "rlnRandomSubset" in df.columns:
         g = first_mismatch("rlnRandomSubset")
@@ -299,8 +328,22 @@ def symmetry_expansion(df: pd.DataFrame, path: str | os.PathLike) -> tuple[np.nd
     pose = [c for c in EXPANSION_COLUMNS if c in df.columns]
     same_pose = pd.DataFrame({"group": codes, **{c: df[c].to_numpy() for c in pose}}).duplicated().to_numpy()
     if same_pose.any():
-        raise fail(int(codes[np.flatnonzero(same_pose)[0]]), "the copies have the same pose, so this is not a symmetry expansion")
-    return codes, copy, k
+        raise fail(
+            int(codes[np.flatnonzero(same_pose)[0]]),
+            f"two copies have the same pose ({', '.join(pose) or 'no pose columns'}), so this is not a symmetry expansion",
+        )
+    copy = pd.Series(codes).groupby(codes, sort=False).cumcount().to_numpy().astype(np.int64)
+    return codes, copy, sizes
+
+
+def _expansion_description(sizes: np.ndarray, file_name: str) -> str:
+    """``attrs["symmetry_expanded"]`` of a set read from an expanded file (``sizes``: rows per particle)."""
+    lo, hi = int(np.min(sizes)), int(np.max(sizes))
+    count = f"{lo}" if lo == hi else f"{lo} to {hi}"
+    return (
+        f"unknown ({count} copies per particle in {file_name}; symmetry_operator is each copy's order among its "
+        "particle's rows, not a known operator number)"
+    )
 
 
 def _find_blocks(blocks: dict, path: Path) -> tuple[str, str | None]:
@@ -537,7 +580,7 @@ def read_relion_star(
 
     attrs["source_format"] = fmt
     if expansion is not None:
-        attrs["symmetry_expanded"] = f"unknown ({expansion[2]} copies per particle in {path.name})"
+        attrs["symmetry_expanded"] = _expansion_description(expansion[2], path.name)
     columns = {
         "rot_deg": angles["rlnAngleRot"],
         "tilt_deg": angles["rlnAngleTilt"],
@@ -557,13 +600,14 @@ def read_relion_star(
     }
     particles = make_particles_dataset(columns, image_name, attrs, particle_key=keys)
     if expansion is not None:
-        source_particle, operator, k = expansion
+        source_particle, copy, _ = expansion
         particles["symmetry_source_particle"] = xr.Variable(
-            "particle", source_particle, attrs={"units": "1", "long_name": "position of the source particle before expansion"}
+            "particle", source_particle,
+            attrs={"units": "1", "long_name": "number of the source particle in order of first appearance in the file"},
         )
         particles["symmetry_operator"] = xr.Variable(
-            "particle", operator,
-            attrs={"units": "1", "long_name": f"copy number within the particle's {k} rows in the file (operator index)"},
+            "particle", copy,
+            attrs={"units": "1", "long_name": "copy's order among its particle's rows in the file (not an operator number)"},
         )
     if "rlnRandomSubset" not in df.columns:
         particles = split_random_halves(particles, split_seed, groups=None if expansion is None else expansion[0])
