@@ -18,11 +18,19 @@ def test_focused_reference_widens_only_outside():
     pos = torch.tensor([[0.0, 0.0, 0.0], [2.0, -2.0, 0.0], [0.0, 0.0, 20.0], [10.0, 0.0, 0.0]])
     g = GmmTensors(pos, torch.ones(4), torch.full((4,), 2.0))
     out = focused_reference(g, mask, px)
-    assert torch.equal(out.positions_angstrom, g.positions_angstrom) and torch.equal(out.amplitudes, g.amplitudes)
+    assert torch.equal(out.positions_angstrom, g.positions_angstrom)
     assert torch.allclose(out.widths_angstrom[:2], torch.tensor([2.0, 2.0]))  # inside: unchanged
     assert torch.allclose(out.widths_angstrom[2], torch.tensor(8.0))  # outside: sigma / 0.25
     assert 2.0 < float(out.widths_angstrom[3]) < 8.0  # on the soft edge: in between
     assert focused_reference(g, None, px) is g
+    # Each Gaussian keeps its integrated density (peak x sigma^3): inside untouched, outside 4^3 lower peak.
+    assert torch.allclose(out.amplitudes[:2], g.amplitudes[:2])
+    assert torch.allclose(out.amplitudes[2], torch.tensor(1.0 / 64))
+    mass = lambda t: t.amplitudes * t.widths_angstrom**3  # noqa: E731
+    assert torch.allclose(mass(out), mass(g))
+    # keep_mass=False: the peak amplitudes stay (the paper's rule read literally), same widths.
+    peak = focused_reference(g, mask, px, keep_mass=False)
+    assert torch.equal(peak.amplitudes, g.amplitudes) and torch.equal(peak.widths_angstrom, out.widths_angstrom)
 
 
 @pytest.fixture(scope="module")
