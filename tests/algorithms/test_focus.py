@@ -155,3 +155,46 @@ def test_local_resolution_final_map_and_patch_summary(hinge_session, tmp_path):
     np.testing.assert_allclose(on_disk, fm.values, rtol=1e-6)
     # At 10.7 Å the Guinier range (10 Å to the resolution) is empty here, so the auto B-factor is 0, never positive.
     assert np.isfinite(fm.values).all() and fm.attrs["method"] == "auto_bfactor" and fm.attrs["bfactor_angstrom2"] <= 0
+
+
+def test_focused_alignment_follows_the_moving_domain(tmp_path):
+    """Noise-free hinge particles (|hinge| >= 6 degrees) aligned from their true pose ``A`` against the
+    exact atoms, focused on the moving domain: the poses move towards that domain's pose ``A R_hinge``.
+    With the widened Gaussians keeping their peak amplitudes instead (64x their mass), they do not."""
+    import dataclasses
+    import json
+
+    from gmmsession.algorithms.align import AlignConfig, refine_poses_chunk
+    from gmmsession.data.chunks import iter_particle_chunks
+    from gmmsession.data.io.mrc import read_map
+    from gmmsession.kernels.rotations import geodesic_angle_deg, rotvec_to_matrix
+
+    px = 2.0
+    sim = gs.simulate(tmp_path / "d", n_particles=48, box_size=40, pixel_size_angstrom=px, snr=float("inf"), hinge_max_deg=12.0, seed=3)
+    params = json.loads(sim.parameters_json.read_text())
+    z = np.load(sim.truth_npz)
+    atoms = GmmTensors(*(torch.tensor(z[k], dtype=torch.float32) for k in ("atom_positions_angstrom", "atom_amplitudes", "atom_sigmas_angstrom")))
+    mask = torch.as_tensor(read_map(sim.domain_masks[params["moving_domain"] - 1])[0])
+    s = gs.Session.from_star(sim.particles_star)
+    sel = np.nonzero(np.abs(sim.hinge_angle_deg) >= 6.0)[0]
+    assert len(sel) >= 10
+    chunk = next(iter_particle_chunks(s.particles, s.optics, chunk_size=len(sel), positions=sel))
+    axis = torch.tensor(params["hinge_axis"], dtype=torch.float64)
+    hinge = torch.as_tensor(sim.hinge_angle_deg[sel])
+    domain_pose = torch.as_tensor(sim.rotations[sel]) @ rotvec_to_matrix(axis[None] * torch.deg2rad(hinge)[:, None])
+
+    def error_after(keep_mass: bool, passes: int = 2) -> float:
+        ref = focused_reference(atoms, mask, px, keep_mass=keep_mass)
+        params_ = chunk.params
+        for _ in range(passes):
+            up = refine_poses_chunk(chunk.images, params_, ref.positions_angstrom, ref.amplitudes, ref.widths_angstrom, px,
+                                    AlignConfig(max_resolution_angstrom=5.0))
+            params_ = dataclasses.replace(params_, rotation=up.rotation, origin_angstrom=up.origin_angstrom)
+        return float(geodesic_angle_deg(domain_pose, params_.rotation.double()).mean())
+
+    start = float(hinge.abs().mean())  # the true pose A is |hinge| from the domain's pose
+    kept, peak = error_after(True), error_after(False)
+    # Measured: start 9.1, kept 3.5, peak 11.6 degrees. The blurred fixed domain still holds the pose
+    # back (the paper's "constrained by the low-resolution information"), so not all the way to 0.
+    assert kept < 0.6 * start
+    assert kept < 0.5 * peak
