@@ -1,0 +1,141 @@
+"""Heterogeneity networks: neutral decoder at zero, mask-limited movement, the feature's
+direction, and training that separates two conformations (tiny synthetic GMM, CPU)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from gmmsession.algorithms import heterogeneity as het
+from gmmsession.data.bridge import ParticleTensors
+from gmmsession.data.gmm import GmmTensors
+from gmmsession.kernels.ctf import ctf_2d
+from gmmsession.kernels.fourier import irfft_centered_2d, rfft_frequencies_2d
+from gmmsession.kernels.gmm import project_gaussians_rfft_2d
+from gmmsession.kernels.rotations import quaternion_to_matrix
+
+BOX, PIXEL = 32, 2.0
+
+
+def _two_blob_gmm(seed: int = 0) -> tuple[GmmTensors, torch.Tensor]:
+    """60 Gaussians in two clusters along x; returns the GMM and the mask of the right cluster."""
+    gen = torch.Generator().manual_seed(seed)
+    left = torch.randn(30, 3, generator=gen) * 3.0 + torch.tensor([-8.0, 0.0, 0.0])
+    right = torch.randn(30, 3, generator=gen) * 3.0 + torch.tensor([8.0, 0.0, 0.0])
+    pos = torch.cat([left, right])
+    gmm = GmmTensors(pos, torch.ones(60), torch.full((60,), 2.0))
+    return gmm, torch.arange(60) >= 30
+
+
+def _params(n: int, rotations: torch.Tensor) -> ParticleTensors:
+    z = torch.zeros(n)
+    return ParticleTensors(
+        rotation=rotations, origin_angstrom=torch.zeros(n, 2), defocus_u_angstrom=z + 15000, defocus_v_angstrom=z + 15000,
+        defocus_angle_deg=z, phase_shift_deg=z, ctf_bfactor_angstrom2=z, ctf_scale=z + 1, voltage_kv=z + 300, cs_mm=z + 2.7,
+        amplitude_contrast=z + 0.1, pixel_size_angstrom=z + PIXEL, box_size=torch.full((n,), BOX),
+    )
+
+
+def _images(positions: torch.Tensor, gmm: GmmTensors, params: ParticleTensors) -> torch.Tensor:
+    """Noise-free CTF-modulated images of per-particle GMM centres (n, G, 3)."""
+    spec = project_gaussians_rfft_2d(positions, gmm.amplitudes, gmm.widths_angstrom, params.rotation, torch.zeros(len(positions), 2), BOX, PIXEL)
+    ctf = ctf_2d(rfft_frequencies_2d(BOX, PIXEL), **params.ctf_kwargs())
+    return irfft_centered_2d(spec * ctf, BOX)
+
+
+def _decoder(gmm: GmmTensors, n_anchors: int = 4, latent_dim: int = 1, mobility=None, width=None) -> het.AnchorDecoder:
+    torch.manual_seed(0)
+    anchors = het.anchor_points(gmm.positions_angstrom, gmm.amplitudes, n_anchors)
+    return het.AnchorDecoder(gmm.positions_angstrom, anchors, latent_dim, hidden=32, mobility=mobility, anchor_width_angstrom=width)
+
+
+def test_decoder_is_neutral_at_zero_and_mobility_limits_movement():
+    gmm, right = _two_blob_gmm()
+    dec = _decoder(gmm, latent_dim=2, mobility=right.float())
+    # f(0) - f(0) with f evaluated on one row and on a batch: float32 GEMM rounding only (~1e-8 Å measured).
+    torch.testing.assert_close(dec(torch.zeros(3, 2)), gmm.positions_angstrom.expand(3, -1, -1), atol=1e-5, rtol=0)
+    with torch.no_grad():
+        moved = dec(torch.randn(5, 2) * 3) - gmm.positions_angstrom
+    assert float(moved[:, ~right].abs().max()) == 0.0  # outside the mask nothing moves
+    assert float(moved[:, right].abs().max()) > 0.0
+    full = _decoder(gmm, latent_dim=2)
+    torch.testing.assert_close(full.weights.sum(1), torch.ones(60))  # a convex combination of anchor moves
+    with pytest.raises(ValueError, match="latent must have shape"):
+        dec(torch.zeros(3, 5))
+
+
+def test_feature_points_towards_the_particles_conformation():
+    """Image of the GMM with its right cluster moved by +v (in the image plane): the feature at
+    the anchors of the right cluster points along +v, at the left cluster it is small."""
+    gmm, right = _two_blob_gmm()
+    dec = _decoder(gmm, n_anchors=2, width=4.0)  # sharp weights: each cluster follows its own anchor
+    n = 6
+    rot = torch.eye(3).expand(n, 3, 3).contiguous()
+    params = _params(n, rot)
+    v = torch.tensor([0.0, 2.0, 0.0])  # +y in the map frame = +y in the image for the identity pose
+    moved = gmm.positions_angstrom.clone()
+    moved[right] += v
+    images = _images(moved.expand(n, -1, -1), gmm, params)
+    setup = het.scoring_setup(BOX, PIXEL, het.HeterogeneityConfig(min_resolution_angstrom=None), torch.device("cpu"), resolution_angstrom=2 * PIXEL)
+    feats = het.particle_features(gmm.to("cpu"), dec.weights, het.prepare_batch(images, params, setup), setup)
+    assert feats.shape == (n, 2, 3)
+    torch.testing.assert_close(feats.square().mean(dim=(1, 2)), torch.ones(n))  # unit RMS
+    anchors = het.anchor_points(gmm.positions_angstrom, gmm.amplitudes, 2)
+    a_right = int(anchors[:, 0].argmax())
+    # +y dominates the right anchor's feature; the left anchor barely moves (its cluster matches).
+    assert bool((feats[:, a_right, 1] > 0.8 * feats[:, a_right].norm(dim=-1)).all())
+    assert bool((feats[:, 1 - a_right].norm(dim=-1) < 0.3 * feats[:, a_right].norm(dim=-1)).all())
+
+
+def test_training_separates_two_conformations():
+    """Particles of two states (right cluster at -v or +v), random poses, mild noise: after a few
+    epochs the 1-D latent separates the states in each direction of the ordering."""
+    gmm, right = _two_blob_gmm(1)
+    n = 64
+    gen = torch.Generator().manual_seed(2)
+    rot = quaternion_to_matrix(torch.randn(n, 4, generator=gen))
+    params = _params(n, rot)
+    state = torch.arange(n) % 2
+    shift = torch.tensor([0.0, 0.0, 3.0]) * (2 * state[:, None] - 1)  # along z: seen at every angle but the top view
+    pos = gmm.positions_angstrom.expand(n, -1, -1).clone()
+    pos[:, right] += shift[:, None, :]
+    clean = _images(pos, gmm, params)
+    images = clean + 0.3 * clean.std() * torch.randn(clean.shape, generator=gen)
+    cfg = het.HeterogeneityConfig(latent_dim=1, n_anchors=4, hidden=32, n_epochs=15, batch_size=16, learning_rate=3e-3,
+                                  min_resolution_angstrom=None)
+    setup = het.scoring_setup(BOX, PIXEL, cfg, torch.device("cpu"), resolution_angstrom=2 * PIXEL)
+    dec = _decoder(gmm, n_anchors=4)
+    torch.manual_seed(0)
+    enc = het.GmmEncoder(dec.n_anchors, 1, hidden=32)
+
+    def batches(epoch):
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(epoch))
+        for b in range(0, n, cfg.batch_size):
+            idx = order[b : b + cfg.batch_size]
+            yield images[idx], params.select(idx)
+
+    losses = het.train_half(batches, gmm, enc, dec, setup, cfg)
+    assert len(losses) == cfg.n_epochs and losses[-1] < losses[0]
+    z = het.encode_half(((images[b : b + 16], params.select(slice(b, b + 16))) for b in range(0, n, 16)), gmm, enc, dec, setup)
+    z = z[:, 0].numpy()
+    # Separation: the two states' latent values do not overlap (one threshold splits them).
+    lo, hi = sorted([z[state.numpy() == 0], z[state.numpy() == 1]], key=np.mean)
+    assert lo.max() < hi.min(), (np.sort(lo), np.sort(hi))
+    # The decoder moves the right cluster (mostly) along z between the two states' latents.
+    with torch.no_grad():
+        d = (dec(torch.tensor([[float(hi.mean())]])) - dec(torch.tensor([[float(lo.mean())]])))[0]
+    move = d[right].mean(0)
+    assert float(move[2].abs()) > 0.5 * float(move.norm()) and float(move.norm()) > 1.0
+    assert float(d[~right].norm(dim=-1).mean()) < 0.5 * float(d[right].norm(dim=-1).mean())
+
+
+def test_latent_pca_orders_directions_by_variance():
+    gen = np.random.default_rng(0)
+    z = gen.normal(size=(500, 3)) * np.array([5.0, 1.0, 0.1])
+    mean, comps, var = het.latent_pca(z)
+    assert abs(abs(comps[0, 0]) - 1) < 0.01 and var[0] > var[1] > var[2]
+    np.testing.assert_allclose(mean, z.mean(0))
+    assert math.isclose(var.sum(), z.var(0, ddof=1).sum(), rel_tol=1e-9)
