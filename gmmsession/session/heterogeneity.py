@@ -1,0 +1,146 @@
+"""Heterogeneity analysis from the session: ``h = s.heterogeneity(mask=None, latent_dim=4)``.
+
+A thin object over :mod:`gmmsession.algorithms.heterogeneity`: one encoder/decoder pair per
+half set, each trained only on its own half's particles against its own half's GMM, at the
+session's current poses. Afterwards:
+
+* ``h.latent``: xarray.DataArray (``particle``, ``latent_dim``), particles in the session's order
+  (each particle encoded by its own half's model);
+* ``h.pca(half)``: mean, principal directions and variances of a half's latent points;
+* ``h.gmm_at(point, half)`` / ``h.volume_at(point, half)``: the decoder's GMM at a latent
+  point (xarray, like ``s.gmm``) and its rendered map;
+* ``h.trajectory(pc=1, n=10, half=1)``: latent points along a principal direction.
+
+The latent space of the two halves are separate models: their axes are not comparable
+(a latent value of half 1 means nothing to half 2's decoder).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+
+from gmmsession.algorithms.heterogeneity import (
+    HeterogeneityConfig,
+    build_networks,
+    encode_half,
+    latent_pca,
+    scoring_setup,
+    train_half,
+)
+from gmmsession.data.chunks import iter_particle_chunks
+from gmmsession.data.gmm import GmmTensors, gmm_dataset, gmm_to_tensors
+from gmmsession.kernels.gmm import render_gaussians_3d
+from gmmsession.kernels.masks import sample_volume_at
+
+__all__ = ["Heterogeneity"]
+
+
+class Heterogeneity:
+    """Trained per-half heterogeneity models of a session (see the module docstring).
+
+    Attributes
+    ----------
+    latent : xarray.DataArray (particle, latent_dim)
+    losses : {half: [mean loss per epoch]}
+    config : HeterogeneityConfig
+    mask : xarray.DataArray (z, y, x) of the mobility mask, or None
+    """
+
+    def __init__(self, session: Any, config: HeterogeneityConfig, mask: xr.DataArray | None = None) -> None:
+        self._session = session
+        self.config = config
+        self.mask = mask
+        self.models: dict[int, tuple[Any, Any]] = {}
+        self.gmms: dict[int, GmmTensors] = {}
+        self.losses: dict[int, list[float]] = {}
+        self.latent: xr.DataArray | None = None
+
+    # ------------------------------------------------------------------ running
+    def _batches(self, positions: np.ndarray, epoch: int | None) -> Iterator[tuple[torch.Tensor, Any]]:
+        s, bs = self._session, self.config.batch_size
+        order = positions if epoch is None else np.random.default_rng([self.config.seed, epoch]).permutation(positions)
+        for chunk in iter_particle_chunks(s.particles, s.optics, order, chunk_size=max(bs, 1024)):
+            for b in range(0, len(chunk.positions), bs):
+                idx = torch.arange(b, min(b + bs, len(chunk.positions)))
+                yield chunk.images[idx], chunk.params.select(idx)
+
+    def run(self, device: torch.device, resolution_angstrom: float, progress: Any = None) -> None:
+        """Train both halves' models and encode every particle (called by the session)."""
+        s = self._session
+        halves = s.particles["half"].values
+        latent = np.full((halves.shape[0], self.config.latent_dim), np.nan, dtype=np.float32)
+        setup = scoring_setup(s.box_size, s.pixel_size_angstrom, self.config, device, resolution_angstrom)
+        for h in (1, 2):
+            gmm = gmm_to_tensors(s.gmm, half=h)
+            mobility = None
+            if self.mask is not None:
+                volume = torch.as_tensor(np.asarray(self.mask.values), dtype=torch.float32)
+                mobility = sample_volume_at(volume, gmm.positions_angstrom, s.pixel_size_angstrom)
+            encoder, decoder = build_networks(gmm, self.config, mobility)
+            encoder, decoder = encoder.to(device), decoder.to(device)
+            positions = np.flatnonzero(halves == h)
+            report = None if progress is None else (lambda epoch, loss, h=h: progress(h, epoch, loss))
+            self.losses[h] = train_half(lambda e, p=positions: self._batches(p, e), gmm, encoder, decoder, setup, self.config, report)
+            latent[positions] = encode_half(self._batches(positions, None), gmm, encoder, decoder, setup).numpy()
+            self.models[h] = (encoder.eval(), decoder.eval())
+            self.gmms[h] = gmm
+        self.latent = xr.DataArray(
+            latent,
+            dims=("particle", "latent_dim"),
+            coords={"particle": s.particles["particle"].values, "latent_dim": np.arange(self.config.latent_dim)},
+            name="latent",
+            attrs={"long_name": "latent vector (per-half models: axes not comparable between halves)"},
+        )
+
+    # ------------------------------------------------------------------ exploring
+    def _decoder(self, half: int) -> Any:
+        if half not in self.models:
+            raise ValueError(f"half must be 1 or 2 (trained: {sorted(self.models)}), got {half}")
+        return self.models[half][1]
+
+    def pca(self, half: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(mean (d,), directions (d, d) as rows, variances (d,)) of one half's latent points."""
+        self._decoder(half)
+        z = self.latent.values[self._session.particles["half"].values == half]
+        return latent_pca(z)
+
+    def trajectory(self, pc: int = 1, n: int = 10, half: int = 1, extent: float = 2.0) -> np.ndarray:
+        """(n, latent_dim) points along principal direction ``pc`` (1-based), from ``-extent`` to
+        ``+extent`` standard deviations around the mean of the half's latent points."""
+        mean, comps, var = self.pca(half)
+        if not 1 <= pc <= len(var):
+            raise ValueError(f"pc must be in 1..{len(var)}, got {pc}")
+        t = np.linspace(-extent, extent, n) * np.sqrt(var[pc - 1])
+        return mean[None, :] + t[:, None] * comps[pc - 1][None, :]
+
+    def _positions_at(self, point: Any, half: int) -> torch.Tensor:
+        decoder = self._decoder(half)
+        z = torch.as_tensor(np.asarray(point, dtype=np.float32).reshape(1, -1), device=decoder.neutral.device)
+        with torch.no_grad():
+            return decoder(z)[0].cpu()
+
+    def gmm_at(self, point: Any, half: int = 1) -> xr.Dataset:
+        """The decoder's GMM at a latent point (positions move; amplitudes and widths are the half's)."""
+        pos = self._positions_at(point, half)
+        g, s = self.gmms[half], self._session
+        return gmm_dataset(GmmTensors(pos, g.amplitudes.cpu(), g.widths_angstrom.cpu()), pixel_size_angstrom=s.pixel_size_angstrom,
+                           box_size=s.box_size, attrs={"latent_point": [float(v) for v in np.ravel(point)], "half": half})
+
+    def volume_at(self, point: Any, half: int = 1) -> xr.DataArray:
+        """The rendered map (z, y, x) of the decoder's GMM at a latent point, on the session's grid."""
+        pos = self._positions_at(point, half)
+        g, s = self.gmms[half], self._session
+        vol = render_gaussians_3d(pos, g.amplitudes.cpu(), g.widths_angstrom.cpu(), s.box_size, s.pixel_size_angstrom)
+        hm = s.half_maps.sel(half=half)
+        return xr.DataArray(vol.numpy(), dims=hm.dims, coords=hm.coords, name="volume",
+                            attrs={"latent_point": [float(v) for v in np.ravel(point)], "half": half})
+
+    def __repr__(self) -> str:
+        n = 0 if self.latent is None else int(self.latent.sizes["particle"])
+        last = {h: round(v[-1], 4) for h, v in self.losses.items() if v}
+        return f"Heterogeneity({n} particles, latent_dim {self.config.latent_dim}, final loss per half {last})"

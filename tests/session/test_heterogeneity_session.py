@@ -1,0 +1,59 @@
+"""``s.heterogeneity()`` on the simulator's hinge: per-half models whose latent PC1 follows the
+true hinge angle, in the session's particle order, with GMMs and maps along the latent space."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.stats import spearmanr
+
+import gmmsession as gs
+
+
+@pytest.fixture(scope="module")
+def hinge_session(tmp_path_factory):
+    d = tmp_path_factory.mktemp("het")
+    sim = gs.simulate(d / "data", n_particles=600, box_size=40, pixel_size_angstrom=2.4, snr=0.3, hinge_max_deg=20.0, seed=3)
+    s = gs.Session.from_star(sim.particles_star, device="cpu")
+    s.reconstruct(progress=False)
+    s.build_gmm(n_gaussians=400, n_iter=120, progress=False)
+    return s, sim
+
+
+def test_latent_follows_the_hinge_in_each_half(hinge_session):
+    s, sim = hinge_session
+    domain = sim.domain_masks[1]  # the moving domain (simulator: domain 2)
+    h = s.heterogeneity(mask=domain, latent_dim=2, n_epochs=12, progress=False)
+    assert h.latent.dims == ("particle", "latent_dim") and h.latent.shape == (600, 2)
+    np.testing.assert_array_equal(h.latent["particle"].values, s.particles["particle"].values)
+    assert np.isfinite(h.latent.values).all()
+    halves = s.particles["half"].values
+    for half in (1, 2):
+        mean, comps, var = h.pca(half)
+        z = h.latent.values[halves == half]
+        rho = spearmanr((z - mean) @ comps[0], sim.hinge_angle_deg[halves == half])[0]
+        # Acceptance of issue 5 asks |rho| >= 0.8 at full size; this small, noisy case measured 0.9.
+        assert abs(rho) >= 0.8, (half, rho)
+    rec = s.history.last()
+    assert rec.name == "heterogeneity" and rec.params["latent_dim"] == 2 and len(rec.curves["half1_loss"]) == 12
+
+
+def test_gmms_and_maps_along_the_latent_space(hinge_session):
+    s, sim = hinge_session
+    h = s.last_heterogeneity
+    if h is None:
+        h = s.heterogeneity(mask=sim.domain_masks[1], latent_dim=2, n_epochs=2, progress=False)
+    neutral = h.gmm_at([0.0, 0.0], half=2)
+    np.testing.assert_allclose(neutral["position_angstrom"].values, s.gmm.sel(half=2)["position_angstrom"].values[: neutral.sizes["gaussian"]],
+                               atol=1e-4)  # float32 decoder: f(0) - f(0) rounding only
+    traj = h.trajectory(pc=1, n=5, half=1)
+    assert traj.shape == (5, 2)
+    ends = [h.gmm_at(p, half=1)["position_angstrom"].values for p in traj[[0, -1]]]
+    moved = np.linalg.norm(ends[1] - ends[0], axis=-1)
+    assert moved.max() > 1.0  # the trajectory moves the domain by Å, not by rounding
+    vol = h.volume_at(traj[0], half=1)
+    assert vol.dims == ("z", "y", "x") and vol.shape == (40, 40, 40) and float(vol.max()) > 0
+    with pytest.raises(ValueError, match="pc must be"):
+        h.trajectory(pc=3, half=1)
+    with pytest.raises(ValueError, match="half must be"):
+        h.gmm_at([0, 0], half=3)
