@@ -10,11 +10,20 @@ Simulates a two-domain protein whose smaller domain turns about a hinge by up to
 
 and prints, after each: the moving domain's resolution against its truth map (FSC of the
 half-map average, both masked by the domain's soft mask, read at 0.5), the gold-standard
-resolution of the whole map (solvent mask) and of the moving domain (domain mask), and the wall
-time per iteration (focused vs global) and of the patch run (vs K x focused). Run by hand
-(a GPU is used when present)::
+resolution of the whole map (solvent mask) and of the moving domain (domain mask), the median
+local resolution over the moving domain, the mean angle between the particles' poses and the
+moving domain's true pose (``A R_hinge``), and the wall time per iteration (focused vs global)
+and of the patch run (vs K x focused). The GMMs have one Gaussian per atom (the paper's rule;
+``--n-gaussians 0`` estimates the number from the resolution). Run by hand (a GPU is used when
+present)::
 
-    python benchmarks/bench_focus_patches.py --n 5000 --k 4
+    python benchmarks/bench_focus_patches.py --n 5000 --box 96 --pixel-size 1.0 --hinge 20 --k 4
+
+On a slow CPU, run the global stage first into a folder; later runs load it from there::
+
+    python benchmarks/bench_focus_patches.py --n 2000 --box 40 --pixel-size 2.0 --hinge 20 --work /tmp/focus40 --stages global
+    python benchmarks/bench_focus_patches.py --work /tmp/focus40 --stages global,focus
+    python benchmarks/bench_focus_patches.py --work /tmp/focus40 --k 4 --stages global,focus,patches
 """
 
 from __future__ import annotations
@@ -24,6 +33,8 @@ import json
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,7 +42,9 @@ import torch
 import gmmsession as gs
 from gmmsession.algorithms.simulate import perturb_star_poses
 from gmmsession.data.io.mrc import read_map
+from gmmsession.kernels.conventions import euler_relion_to_matrix
 from gmmsession.kernels.fsc import fsc_3d, resolution_at_threshold
+from gmmsession.kernels.rotations import geodesic_angle_deg, rotvec_to_matrix
 
 
 def domain_resolution(s, truth: torch.Tensor, domain_mask: torch.Tensor, threshold: float = 0.5) -> float:
@@ -39,6 +52,22 @@ def domain_resolution(s, truth: torch.Tensor, domain_mask: torch.Tensor, thresho
     avg = torch.as_tensor(s.half_maps.mean("half").values)
     fsc = fsc_3d(avg * domain_mask, truth * domain_mask)
     return float(resolution_at_threshold(fsc, s.box_size, s.pixel_size_angstrom, threshold))
+
+
+def domain_pose_error_deg(s, sim, axis: torch.Tensor) -> float:
+    """Mean angle (degrees) between each particle's rotation and the moving domain's true pose
+    ``A R_hinge`` (``A`` the particle's true pose, ``R_hinge`` its hinge rotation about the axis)."""
+    euler = torch.as_tensor(np.stack([s.particles[c].values for c in ("rot_deg", "tilt_deg", "psi_deg")], axis=1))
+    hinge = torch.as_tensor(sim.hinge_angle_deg, dtype=torch.float64)
+    ideal = torch.as_tensor(sim.rotations) @ rotvec_to_matrix(axis[None] * torch.deg2rad(hinge)[:, None])
+    return float(geodesic_angle_deg(ideal, euler_relion_to_matrix(euler)).mean())
+
+
+def local_resolution_in(s, mask_path, region: np.ndarray) -> float:
+    """Median local resolution (Å) over the voxels where ``region`` (a mask) is at least 0.5."""
+    lr = s.local_resolution(mask=mask_path, sampling_angstrom=8.0).values
+    vals = lr[(region >= 0.5) & np.isfinite(lr)]
+    return float(np.median(vals)) if vals.size else float("nan")
 
 
 def iteration_seconds(s, name: str) -> list[float]:
@@ -56,61 +85,123 @@ def main() -> None:
     ap.add_argument("--shift", type=float, default=1.0, help="pixels")
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--seed", type=int, default=17)
+    ap.add_argument("--n-gaussians", type=int, default=None,
+                    help="Gaussians per GMM (default: the model's atom count, the paper's rule; 0: estimated from the resolution)")
+    ap.add_argument("--work", type=Path, default=None,
+                    help="folder for the data and the global session (default: a new temporary one); when "
+                         "global.gmms is already there it is loaded instead of run, so a long experiment can go in "
+                         "several runs")
+    ap.add_argument("--stages", default="global,focus,patches", help="comma-separated stages to run or load")
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="gmms-focus-"))
-    sim = gs.simulate(work / "data", n_particles=args.n, box_size=args.box, pixel_size_angstrom=args.pixel_size,
-                      snr=args.snr, hinge_max_deg=args.hinge, seed=args.seed)
+    stages = set(args.stages.split(","))
+    work = args.work or Path(tempfile.mkdtemp(prefix="gmms-focus-"))
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"work folder {work}", flush=True)
+    if (work / "data" / "truth" / "simulation.json").exists():
+        sim = _load_simulated(work / "data")
+    else:
+        sim = gs.simulate(work / "data", n_particles=args.n, box_size=args.box, pixel_size_angstrom=args.pixel_size,
+                          snr=args.snr, hinge_max_deg=args.hinge, seed=args.seed)
     params = json.loads(Path(sim.parameters_json).read_text())
     moving = params["moving_domain"]
     moving_mask_path = next(p for p in sim.domain_masks if Path(p).name == f"domain_{moving}_mask.mrc")
     moving_mask = torch.as_tensor(read_map(moving_mask_path)[0])
     truth = torch.as_tensor(read_map(sim.truth_map)[0])
-    star = perturb_star_poses(sim.particles_star, work / "data" / "perturbed.star", args.angle, args.shift * args.pixel_size, seed=args.seed)
+    axis = torch.tensor(params["hinge_axis"], dtype=torch.float64)
+    moving_np = moving_mask.numpy()
+    timings_path = work / "timings.json"
+    timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
 
-    def report(tag: str, s) -> dict:
+    def report(tag: str, s, poses: bool = True) -> dict:
         out = {
             "moving domain vs truth @0.5 (Å)": domain_resolution(s, truth, moving_mask),
             "gold-standard whole (Å)": float(s.fsc(mask=sim.mask).attrs["resolution_angstrom"]),
             "gold-standard moving domain (Å)": float(s.fsc(mask=moving_mask_path).attrs["resolution_angstrom"]),
+            "local resolution moving domain, median (Å)": local_resolution_in(s, sim.mask, moving_np),
         }
+        if poses:
+            out["mean angle to the moving domain's true pose (deg)"] = domain_pose_error_deg(s, sim, axis)
         print(f"{tag:>22}: " + ", ".join(f"{k} {v:.2f}" for k, v in out.items()), flush=True)
         return out
 
-    s = gs.Session.from_star(star)
-    s.reconstruct(progress=False)
-    report("start", s)
-    s.build_gmm(mask=sim.mask, progress=False)
-    t = time.perf_counter()
-    s.refine_global(n_iter=5, mask=sim.mask, progress=False)
-    t_global = time.perf_counter() - t
+    def stage(name: str, run, cache: bool = False) -> Any:
+        """Run ``run()`` (-> session) and time it; with ``cache``, load ``work/<name>.gmms`` if it is
+        there, else save the result there (only the global stage: a session loaded from a file
+        cannot be saved again, its GMM attributes come back as numpy integers)."""
+        path = work / f"{name}.gmms"
+        if cache and path.exists():
+            print(f"({name}: loaded {path}, ran in {timings.get(name, float('nan')):.0f} s)", flush=True)
+            return gs.open_session(path)
+        t = time.perf_counter()
+        out = run()
+        timings[name] = time.perf_counter() - t
+        print(f"({name} {timings[name]:.0f} s)", flush=True)
+        if cache:
+            out.save(path)
+        timings_path.write_text(json.dumps(timings, indent=1))
+        return out
+
+    def run_global():
+        star = perturb_star_poses(sim.particles_star, work / "data" / "perturbed.star", args.angle, args.shift * args.pixel_size, seed=args.seed)
+        s = gs.Session.from_star(star)
+        s.reconstruct(progress=False)
+        report("start", s)
+        n_gaussians = params["n_atoms"] if args.n_gaussians is None else (args.n_gaussians or None)
+        s.build_gmm(n_gaussians=n_gaussians, mask=sim.mask, progress=False)
+        print(f"({int(s.gmm.sizes['gaussian'])} Gaussians)", flush=True)
+        s.refine_global(n_iter=5, mask=sim.mask, progress=False)
+        return s
+
+    def run_focus():
+        f = gs.open_session(work / "global.gmms")
+        f.focus(moving_mask_path).refine(n_iter=3, solvent_mask=sim.mask, progress=False)
+        return f
+
+    def run_patches():
+        p_s = gs.open_session(work / "global.gmms")
+        p = p_s.patches(k=args.k)
+        p.refine(n_iter=3, solvent_mask=sim.mask, progress=False)
+        p.composite(solvent_mask=sim.mask)
+        return p_s
+
+    s = stage("global", run_global, cache=True)
     glob = report("global", s)
-    saved = s.save(work / "global.gmms")
-
-    f = gs.open_session(saved)
-    t = time.perf_counter()
-    f.focus(moving_mask_path).refine(n_iter=3, solvent_mask=sim.mask, progress=False)
-    t_focus = time.perf_counter() - t
-    foc = report("focused (moving)", f)
-
-    p_s = gs.open_session(saved)
-    p = p_s.patches(k=args.k)
-    t = time.perf_counter()
-    p.refine(n_iter=3, solvent_mask=sim.mask, progress=False)
-    t_patch = time.perf_counter() - t
-    p.composite(solvent_mask=sim.mask)
-    comp = report(f"patches K={args.k}", p_s)
-
-    g_it = iteration_seconds(s, "refine_global_iteration")
-    f_it = iteration_seconds(f, "refine_focus_iteration")
-    print(f"\nglobal: {t_global:.0f} s, {np.mean(g_it):.1f} s/iteration ({len(g_it)} iterations)")
-    print(f"focused: {t_focus:.0f} s, {np.mean(f_it):.1f} s/iteration ({len(f_it)} iterations); ratio focused/global per iteration "
-          f"{np.mean(f_it) / np.mean(g_it):.2f}")
-    print(f"patches K={args.k}: {t_patch:.0f} s = {t_patch / max(t_focus, 1e-9):.2f} x one focused run")
+    res: dict[str, dict] = {}
+    if "focus" in stages:
+        f = stage("focused", run_focus)
+        res["focus"] = report("focused (moving)", f)
+        g_it = iteration_seconds(s, "refine_global_iteration")
+        f_it = iteration_seconds(f, "refine_focus_iteration")
+        print(f"global: {timings.get('global', float('nan')):.0f} s, {np.mean(g_it):.1f} s/iteration ({len(g_it)} iterations); "
+              f"focused: {timings.get('focused', float('nan')):.0f} s, {np.mean(f_it):.1f} s/iteration ({len(f_it)} iterations); "
+              f"ratio focused/global per iteration {np.mean(f_it) / np.mean(g_it):.2f}")
+    if "patches" in stages:
+        p_s = stage("patches", run_patches)
+        res["patches"] = report(f"patches K={args.k}", p_s, poses=False)
+        if "focused" in timings:
+            print(f"patches K={args.k}: {timings['patches']:.0f} s = {timings['patches'] / timings['focused']:.2f} x one focused run")
+    key, lr_key = "moving domain vs truth @0.5 (Å)", "local resolution moving domain, median (Å)"
     print("\nacceptance:")
-    print(f"  focused improves the moving domain vs truth by {glob['moving domain vs truth @0.5 (Å)'] - foc['moving domain vs truth @0.5 (Å)']:.2f} Å (target >= 0.5)")
-    print(f"  composite moving domain {comp['moving domain vs truth @0.5 (Å)']:.2f} Å vs focused {foc['moving domain vs truth @0.5 (Å)']:.2f} Å (target <=)")
-    print(f"  composite gold-standard {comp['gold-standard whole (Å)']:.2f} Å vs global {glob['gold-standard whole (Å)']:.2f} Å (target <=)")
+    if "focus" in res:
+        foc = res["focus"]
+        print(f"  focused improves the moving domain vs truth by {glob[key] - foc[key]:.2f} Å (target >= 0.5)")
+        print(f"  focused local resolution of the moving domain {foc[lr_key]:.2f} Å vs global {glob[lr_key]:.2f} Å (target <)")
+    if "patches" in res:
+        comp = res["patches"]
+        if "focus" in res:
+            print(f"  composite moving domain {comp[key]:.2f} Å vs focused {res['focus'][key]:.2f} Å (target <=)")
+        print(f"  composite gold-standard {comp['gold-standard whole (Å)']:.2f} Å vs global {glob['gold-standard whole (Å)']:.2f} Å (target <=)")
 
+
+def _load_simulated(out: Path) -> SimpleNamespace:
+    """The paths and truth arrays of a dataset that :func:`gmmsession.simulate` wrote to ``out`` earlier."""
+    truth = out / "truth"
+    z = np.load(truth / "truth.npz")
+    return SimpleNamespace(
+        particles_star=out / "particles.star", truth_map=truth / "truth_map.mrc", mask=truth / "mask.mrc",
+        domain_masks=tuple(sorted(truth.glob("domain_*_mask.mrc"))), parameters_json=truth / "simulation.json",
+        rotations=z["rotations"], hinge_angle_deg=z["hinge_angle_deg"],
+    )
 
 if __name__ == "__main__":
     main()
