@@ -101,10 +101,28 @@ def _load(path: Path, group: str) -> xr.Dataset:
         return ds.load()
 
 
+def _json_default(value: object) -> object:
+    """numpy scalars and arrays (what netCDF attributes come back as after open) as plain JSON."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"attribute value of type {type(value).__name__} cannot be saved: {value!r}")
+
+
 def _clean_for_netcdf(ds: xr.Dataset) -> xr.Dataset:
-    """netCDF attributes must be numbers or strings: JSON-encode anything else."""
+    """netCDF attributes must be numbers or strings: JSON-encode anything else.
+
+    Attributes of a reopened session come back as numpy scalars and arrays (``np.int64``,
+    ``np.ndarray``); they are converted, so a session can be saved, reopened, changed and saved again.
+    """
     out = ds.copy()
-    out.attrs = {k: (v if isinstance(v, (str, int, float)) else json.dumps(v)) for k, v in ds.attrs.items()}
+    attrs = {}
+    for k, v in ds.attrs.items():
+        if isinstance(v, np.generic):
+            v = v.item()
+        attrs[k] = v if isinstance(v, (str, int, float)) else json.dumps(v, default=_json_default)
+    out.attrs = attrs
     return out
 
 

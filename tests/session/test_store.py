@@ -6,6 +6,8 @@ import pytest
 import starfile
 import xarray as xr
 
+import gmmsession as gs
+
 from gmmsession.data.errors import GmmsessionInputError, SessionVersionError
 from gmmsession.session.session import Session
 from gmmsession.session.store import open_session
@@ -76,3 +78,24 @@ def test_open_rejects_files_that_are_not_sessions(tmp_path):
         open_session(p)
     with pytest.raises(GmmsessionInputError, match="not found"):
         open_session(tmp_path / "missing.gmms")
+
+
+def test_reopened_session_saves_again(tmp_path):
+    """Attributes come back from netCDF as numpy scalars/arrays; saving a reopened (and changed)
+    session must still work and keep them (a reopened session once failed to save: np.int64)."""
+    sim = gs.simulate(tmp_path / "sim", n_particles=40, box_size=24, pixel_size_angstrom=3.0, snr=1.0, hinge_max_deg=0.0, seed=2)
+    s = gs.Session.from_star(sim.particles_star, device="cpu")
+    s.reconstruct(progress=False)
+    s.build_gmm(n_gaussians=30, n_iter=3, progress=False)  # its dataset has integer attributes (box_size)
+    s.particles.attrs["example_counts"] = [1, 2, 3]  # a list attribute: JSON-encoded on save
+    first = gs.open_session(s.save(tmp_path / "a.gmms"))
+    first.reconstruct(progress=False)  # a change after reopening
+    second = gs.open_session(first.save(tmp_path / "b.gmms"))
+    assert set(second.particles.attrs) == set(first.particles.attrs)
+    for k, v in first.particles.attrs.items():
+        w = second.particles.attrs[k]
+        assert np.array_equal(np.asarray(v), np.asarray(w)) or str(v) == str(w), (k, v, w)
+    # The file holds the history up to the save (the save records itself afterwards).
+    assert [r.name for r in second.history] == [r.name for r in first.history][:-1]
+    assert [r.name for r in second.history][-1] == "reconstruct"
+    assert int(second.gmm.attrs["box_size"]) == 24
