@@ -103,8 +103,10 @@ class Session:
         history: History | None = None,
         half_maps: xr.DataArray | None = None,
         gmm: xr.Dataset | None = None,
+        latent: xr.DataArray | None = None,
     ) -> None:
         self._set = particle_set
+        self._latent = latent
         self._device = None if device is None else torch.device(device)
         self.last_heterogeneity: Heterogeneity | None = None  # the models of the last heterogeneity() (not saved)
         self.history = history if history is not None else History()
@@ -372,6 +374,7 @@ class Session:
             finally:
                 close()
         self.last_heterogeneity = het
+        self._latent = het.latent
         metrics: dict[str, Any] = {"resolution_angstrom": res}
         for h, losses in het.losses.items():
             if losses:
@@ -529,6 +532,16 @@ class Session:
         self._half_maps = half_maps_dataarray(res.half_maps[0], res.half_maps[1], self.pixel_size_angstrom)
         self._gmm = gmm_dataset([res.gmm[1], res.gmm[2]], pixel_size_angstrom=self.pixel_size_angstrom, box_size=self.box_size,
                                 resolution_angstrom=float(res.fsc.resolution_angstrom))
+
+    @property
+    def latent(self) -> xr.DataArray | None:
+        """Latent vectors (particle, latent_dim) of the last :meth:`heterogeneity` (saved with the
+        session; the networks are not); None before one, or once the particle set has changed
+        (e.g. :meth:`expand_symmetry`), since then the rows no longer match the particles."""
+        z = self._latent
+        if z is None or not np.array_equal(z["particle"].values, self.particles["particle"].values):
+            return None
+        return z
 
     @property
     def gmm(self) -> xr.Dataset | None:

@@ -4,7 +4,7 @@ Layout of a ``.gmms`` file:
 
 * root attributes: ``gmmsession_format`` (int), ``gmmsession_version``, ``history`` (JSON),
   ``source`` (JSON: the input tables needed for a lossless export);
-* groups ``particles``, ``optics`` (xarray Datasets), ``half_maps`` and ``gmm`` (when present),
+* groups ``particles``, ``optics`` (xarray Datasets), ``half_maps``, ``gmm`` and ``latent`` (when present),
   ``source_block_<i>`` / ``source_cs`` (the input tables).
 
 Files are written to a temporary name beside the target and renamed (atomic). A file written
@@ -52,6 +52,8 @@ def save_session(session, path: str | os.PathLike) -> Path:
             session.half_maps.to_dataset(name="half_maps").to_netcdf(tmp, group="half_maps", engine="h5netcdf", mode="a")
         if session.gmm is not None:
             _clean_for_netcdf(session.gmm).to_netcdf(tmp, group="gmm", engine="h5netcdf", mode="a")
+        if session.latent is not None:
+            _clean_for_netcdf(session.latent.to_dataset(name="latent")).to_netcdf(tmp, group="latent", engine="h5netcdf", mode="a")
         with h5netcdf.File(tmp, "a") as f:
             f.attrs["gmmsession_format"] = FORMAT_VERSION
             f.attrs["gmmsession_version"] = __version__
@@ -92,8 +94,9 @@ def open_session(path: str | os.PathLike, *, device=None):
     optics = _load(path, "optics")
     half_maps = _load(path, "half_maps")["half_maps"] if "half_maps" in groups else None
     gmm = _load(path, "gmm") if "gmm" in groups else None
+    latent = _load(path, "latent")["latent"] if "latent" in groups else None
     pset = ParticleSet(particles=particles, optics=optics, source=_read_source(path, attrs["source"]))
-    return Session(pset, device=device, history=History.from_json(attrs["history"]), half_maps=half_maps, gmm=gmm)
+    return Session(pset, device=device, history=History.from_json(attrs["history"]), half_maps=half_maps, gmm=gmm, latent=latent)
 
 
 def _load(path: Path, group: str) -> xr.Dataset:

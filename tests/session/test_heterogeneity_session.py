@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import xarray as xr
 from scipy.stats import spearmanr
 
 import gmmsession as gs
@@ -57,3 +58,22 @@ def test_gmms_and_maps_along_the_latent_space(hinge_session):
         h.trajectory(pc=3, half=1)
     with pytest.raises(ValueError, match="half must be"):
         h.gmm_at([0, 0], half=3)
+
+
+def test_latent_is_saved_with_the_session(hinge_session, tmp_path):
+    s, sim = hinge_session
+    if s.latent is None:
+        s.heterogeneity(mask=sim.domain_masks[1], latent_dim=2, n_epochs=1, progress=False)
+    reopened = gs.open_session(s.save(tmp_path / "het.gmms"))
+    assert reopened.latent is not None
+    np.testing.assert_array_equal(reopened.latent.values, s.latent.values)
+    assert reopened.latent.dims == ("particle", "latent_dim")
+    assert reopened.last_heterogeneity is None  # the networks are not saved
+
+
+def test_latent_of_another_particle_set_is_not_shown(hinge_session):
+    s, _ = hinge_session
+    z = xr.DataArray(np.zeros((10, 2), np.float32), dims=("particle", "latent_dim"), coords={"particle": np.arange(10)})
+    assert gs.Session(s._set, latent=z).latent is None  # rows would not match the 600 particles
+    full = z.reindex(particle=s.particles["particle"].values, fill_value=0.0)
+    assert gs.Session(s._set, latent=full).latent is not None
