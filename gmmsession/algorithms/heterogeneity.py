@@ -50,6 +50,7 @@ from gmmsession.kernels.conventions import image_shift_angstrom_from_origin
 from gmmsession.kernels.fourier import rfft_centered_2d, rfft_frequencies_2d
 from gmmsession.kernels.fsc import shell_index_rfft
 from gmmsession.kernels.gmm import fourier_crop_box_size, project_gaussians_rfft_2d
+from gmmsession.kernels.rotations import kabsch_superposition
 from gmmsession.kernels.scoring import band_scorer, crop_rfft_2d, phase_flipped_spectra, ring_band_weights
 
 __all__ = [
@@ -66,6 +67,7 @@ __all__ = [
     "encode_half",
     "refine_latent",
     "latent_pca",
+    "conformation_poses",
 ]
 
 
@@ -377,3 +379,44 @@ def latent_pca(latent: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     mean = z.mean(0)
     _, s, vt = np.linalg.svd(z - mean, full_matrices=False)
     return mean, vt, s**2 / max(len(z) - 1, 1)
+
+
+def conformation_poses(
+    rotation: torch.Tensor,
+    origin_angstrom: torch.Tensor,
+    neutral_angstrom: torch.Tensor,
+    conformation_angstrom: torch.Tensor,
+    weights: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Conformation -> pose by rigid superposition (paper: "Conformation to pose conversion";
+    the issue's Kabsch initialisation).
+
+    For each particle, ``R, t`` superpose the neutral centres onto the particle's conformational
+    centres, weighted by the mask (``conf ~= R neutral + t`` over the masked Gaussians). The
+    particle shows the conformational GMM at pose ``A`` with in-plane shift ``s = -origin``, so
+    the masked region appears as the *neutral* one seen at ``A' = A R`` shifted by
+    ``s + (A t)_xy``: the new origin is ``origin - (A t)_xy``.
+
+    Parameters
+    ----------
+    rotation : (n, 3, 3) RELION matrices; origin_angstrom : (n, 2).
+    neutral_angstrom : (G, 3); conformation_angstrom : (n, G, 3); weights : (G,) mask at the centres.
+
+    Returns
+    -------
+    (new rotations (n, 3, 3), new origins (n, 2), superposition angles (n,) in degrees).
+    """
+    n = rotation.shape[0]
+    if conformation_angstrom.shape != (n, *neutral_angstrom.shape):
+        raise ValueError(
+            f"conformation_angstrom must have shape ({n}, {neutral_angstrom.shape[0]}, 3), got {tuple(conformation_angstrom.shape)}"
+        )
+    dtype = torch.float64
+    r, t = kabsch_superposition(
+        neutral_angstrom.to(dtype).expand(n, -1, -1), conformation_angstrom.to(dtype), weights.to(dtype)
+    )
+    a = rotation.to(dtype)
+    new_rotation = a @ r
+    new_origin = origin_angstrom.to(dtype) - (a @ t[..., None])[..., :2, 0]
+    cos = ((r.diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2).clamp(-1, 1)
+    return new_rotation.to(rotation.dtype), new_origin.to(origin_angstrom.dtype), torch.rad2deg(torch.acos(cos)).to(rotation.dtype)

@@ -14,6 +14,7 @@ __all__ = [
     "quaternion_to_matrix",
     "matrix_to_quaternion",
     "geodesic_angle_deg",
+    "kabsch_superposition",
 ]
 
 
@@ -126,3 +127,35 @@ def geodesic_angle_deg(matrix_a: torch.Tensor, matrix_b: torch.Tensor) -> torch.
     skew = torch.stack([rel[..., 2, 1] - rel[..., 1, 2], rel[..., 0, 2] - rel[..., 2, 0], rel[..., 1, 0] - rel[..., 0, 1]], -1)
     sin = skew.norm(dim=-1) / 2
     return torch.rad2deg(torch.atan2(sin, cos))
+
+
+def kabsch_superposition(
+    source: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rigid superposition: the proper rotation ``R`` and translation ``t`` minimising
+    ``sum_j w_j |R s_j + t - t_j|^2`` (weighted Kabsch, batched).
+
+    Parameters
+    ----------
+    source, target : (..., N, 3) tensors (same shape; any units).
+    weights : (N,) or (..., N) non-negative weights with a positive sum; None: equal.
+
+    Returns
+    -------
+    R : (..., 3, 3) with det +1 (never a reflection); t : (..., 3).
+    """
+    if source.shape != target.shape or source.ndim < 2 or source.shape[-1] != 3:
+        raise ValueError(f"source and target must have the same shape (..., N, 3), got {tuple(source.shape)}, {tuple(target.shape)}")
+    w = torch.ones(source.shape[:-1], dtype=source.dtype, device=source.device) if weights is None else weights.to(source)
+    if w.shape[-1] != source.shape[-2]:
+        raise ValueError(f"weights must have shape (..., {source.shape[-2]}), got {tuple(w.shape)}")
+    w = w.expand(source.shape[:-1]) / w.sum(-1, keepdim=True)
+    s_mean = (w[..., None] * source).sum(-2)
+    t_mean = (w[..., None] * target).sum(-2)
+    h = ((source - s_mean[..., None, :]) * w[..., None]).transpose(-1, -2) @ (target - t_mean[..., None, :])
+    u, _, vt = torch.linalg.svd(h)
+    d = torch.sign(torch.det(vt.transpose(-1, -2) @ u.transpose(-1, -2)))
+    d = torch.where(d == 0, torch.ones_like(d), d)
+    fix = torch.diag_embed(torch.stack([torch.ones_like(d), torch.ones_like(d), d], -1))
+    r = vt.transpose(-1, -2) @ fix @ u.transpose(-1, -2)
+    return r, t_mean - (r @ s_mean[..., None])[..., 0]

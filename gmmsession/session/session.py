@@ -23,7 +23,7 @@ from gmmsession.algorithms.refine import GlobalRefineConfig
 from gmmsession.algorithms.symmetry import expand_symmetry as _expand_symmetry
 from gmmsession.algorithms.refine import refine_global as _refine_global
 from gmmsession.algorithms.reconstruct import ReconstructConfig, reconstruct_half_maps
-from gmmsession.data.bridge import fsc_dataarray, half_maps_dataarray
+from gmmsession.data.bridge import fsc_dataarray, half_maps_dataarray, particle_tensors
 from gmmsession.data.chunks import iter_particle_chunks
 from gmmsession.data.errors import GmmsessionInputError
 from gmmsession.data.gmm import gmm_dataset, gmm_to_tensors
@@ -35,6 +35,7 @@ from gmmsession.data.io.stack import ParticleImageReader
 from gmmsession.data.particles import ParticleSet, check_half_sets, check_poses
 from gmmsession.kernels.conventions import matrix_to_euler_relion
 from gmmsession.kernels.device import resolve_device
+from gmmsession.kernels.masks import sample_volume_at
 from gmmsession.kernels.symmetry import normalise_symmetry_name
 from gmmsession.session.store import session_input_paths
 from gmmsession.session.history import History, StepRecord, Timer, environment_versions
@@ -522,16 +523,66 @@ class Session:
 
     def _accept_iteration(self, res: Any) -> None:
         """Make an iteration's poses, half maps and references the session's state."""
-        euler = matrix_to_euler_relion(res.poses.rotation.double()).numpy()
-        p = self.particles.copy()
-        for i, name in enumerate(("rot_deg", "tilt_deg", "psi_deg")):
-            p[name] = ("particle", euler[:, i], p[name].attrs)
-        p["origin_x_angstrom"] = ("particle", res.poses.origin_angstrom[:, 0].double().numpy(), p["origin_x_angstrom"].attrs)
-        p["origin_y_angstrom"] = ("particle", res.poses.origin_angstrom[:, 1].double().numpy(), p["origin_y_angstrom"].attrs)
-        self._set.particles = p
+        self._set_poses(res.poses.rotation, res.poses.origin_angstrom)
         self._half_maps = half_maps_dataarray(res.half_maps[0], res.half_maps[1], self.pixel_size_angstrom)
         self._gmm = gmm_dataset([res.gmm[1], res.gmm[2]], pixel_size_angstrom=self.pixel_size_angstrom, box_size=self.box_size,
                                 resolution_angstrom=float(res.fsc.resolution_angstrom))
+
+    def _set_poses(self, rotation: torch.Tensor, origin_angstrom: torch.Tensor) -> None:
+        """Make (n, 3, 3) RELION matrices and (n, 2) origins (Å) the particles' poses."""
+        euler = matrix_to_euler_relion(rotation.double()).numpy()
+        p = self.particles.copy()
+        for i, name in enumerate(("rot_deg", "tilt_deg", "psi_deg")):
+            p[name] = ("particle", euler[:, i], p[name].attrs)
+        p["origin_x_angstrom"] = ("particle", origin_angstrom[:, 0].double().numpy(), p["origin_x_angstrom"].attrs)
+        p["origin_y_angstrom"] = ("particle", origin_angstrom[:, 1].double().numpy(), p["origin_y_angstrom"].attrs)
+        self._set.particles = p
+
+    def conf_to_pose(self, mask: Any, *, reconstruct: bool = True, progress: bool = True) -> StepRecord:
+        """Turn each particle's conformation of the masked region into a change of its pose.
+
+        Uses the models of the last :meth:`heterogeneity` (same session, networks in memory):
+        per half, the decoder's GMM at each particle's latent point is rigidly superposed onto
+        the neutral GMM over the Gaussians inside ``mask`` (weighted Kabsch,
+        :func:`~gmmsession.algorithms.heterogeneity.conformation_poses`), and the particle's
+        pose becomes the pose at which the neutral region looks like its conformation. The
+        paper refines this further with 30 Adam steps on the projections; that step is not
+        implemented yet. Afterwards the session's poses are the converted ones (continue with
+        ``s.focus(mask).refine()``), and with ``reconstruct`` the half maps are rebuilt from them.
+
+        ``mask``: MRC path, array, or boolean over Gaussians, as for :meth:`focus`.
+        """
+        from gmmsession.algorithms.heterogeneity import conformation_poses
+
+        het = self.last_heterogeneity
+        if het is None or self.latent is None:
+            raise RuntimeError("conf_to_pose needs the models of session.heterogeneity() run in this session (networks are not saved)")
+        volume = torch.as_tensor(np.asarray(self.focus(mask).mask.values), dtype=torch.float32)
+        start = particle_tensors(self.particles, self.optics, dtype=torch.float32)
+        rotation, origin = start.rotation.clone(), start.origin_angstrom.clone()
+        angles = torch.zeros(rotation.shape[0])
+        halves = self.particles["half"].values
+        with Timer() as t:
+            for h in (1, 2):
+                decoder = het.models[h][1]
+                neutral = decoder.neutral.detach().cpu()
+                weights = sample_volume_at(volume, neutral, self.pixel_size_angstrom)
+                if float(weights.sum()) <= 0:
+                    raise GmmsessionInputError(f"the mask covers no Gaussian of half {h}'s GMM")
+                idx = torch.as_tensor(np.flatnonzero(halves == h))
+                z = torch.as_tensor(self.latent.values[idx.numpy()], device=decoder.neutral.device)
+                for b in range(0, len(idx), 1024):
+                    sel = idx[b : b + 1024]
+                    with torch.no_grad():
+                        conf = decoder(z[b : b + 1024]).cpu()
+                    rotation[sel], origin[sel], angles[sel] = conformation_poses(rotation[sel], origin[sel], neutral, conf, weights)
+            self._set_poses(rotation, origin)
+        self._record("conf_to_pose", {"mask": _mask_label(mask), "reconstruct": reconstruct}, t,
+                     {"median_angle_change_deg": float(angles.median()), "max_angle_change_deg": float(angles.max())})
+        record = self.history.last()
+        if reconstruct:
+            self.reconstruct(progress=progress)
+        return record
 
     @property
     def latent(self) -> xr.DataArray | None:

@@ -139,3 +139,25 @@ def test_latent_pca_orders_directions_by_variance():
     assert abs(abs(comps[0, 0]) - 1) < 0.01 and var[0] > var[1] > var[2]
     np.testing.assert_allclose(mean, z.mean(0))
     assert math.isclose(var.sum(), z.var(0, ddof=1).sum(), rel_tol=1e-9)
+
+
+def test_conformation_poses_reproduce_the_projected_region():
+    """The masked region's conformational centres seen at the old pose land exactly where its
+    neutral centres land at the new pose (image coordinates = (A c)_xy - origin)."""
+    gmm, right = _two_blob_gmm(3)
+    gen = torch.Generator().manual_seed(4)
+    n = 5
+    a = quaternion_to_matrix(torch.randn(n, 4, generator=gen, dtype=torch.float64))
+    origin = torch.randn(n, 2, generator=gen, dtype=torch.float64)
+    moves = quaternion_to_matrix(torch.tensor([[1.0, 0.1, 0.0, 0.05]], dtype=torch.float64) + 0.05 * torch.randn(n, 4, generator=gen, dtype=torch.float64))
+    t = torch.randn(n, 3, generator=gen, dtype=torch.float64)
+    neutral = gmm.positions_angstrom.double()
+    conf = neutral.expand(n, -1, -1).clone()
+    conf[:, right] = neutral[right] @ moves.transpose(-1, -2) + t[:, None, :]
+    conf[:, ~right] += 5 * torch.randn(n, int((~right).sum()), 3, generator=gen, dtype=torch.float64)  # the rest does something else
+    new_a, new_origin, angle = het.conformation_poses(a, origin, neutral, conf, right.double())
+    seen_before = (conf[:, right] @ a.transpose(-1, -2))[..., :2] - origin[:, None, :]
+    seen_after = (neutral[right] @ new_a.transpose(-1, -2))[..., :2] - new_origin[:, None, :]
+    torch.testing.assert_close(seen_after, seen_before, atol=1e-9, rtol=0)  # float64, exact rigid data
+    torch.testing.assert_close(torch.det(new_a), torch.ones(n, dtype=torch.float64))
+    assert bool((angle > 0).all())

@@ -77,3 +77,34 @@ def test_latent_of_another_particle_set_is_not_shown(hinge_session):
     assert gs.Session(s._set, latent=z).latent is None  # rows would not match the 600 particles
     full = z.reindex(particle=s.particles["particle"].values, fill_value=0.0)
     assert gs.Session(s._set, latent=full).latent is not None
+
+
+def test_conf_to_pose_moves_poses_to_the_domain_frame(hinge_session):
+    """Poses start at the truth A; the moving domain's true pose is A R_h (hinge rotation h about
+    the simulator's axis). After conf_to_pose the poses are much closer to A R_h than A was."""
+    import json
+
+    import torch
+
+    from gmmsession.kernels.conventions import euler_relion_to_matrix
+    from gmmsession.kernels.rotations import geodesic_angle_deg, rotvec_to_matrix
+
+    s, sim = hinge_session
+    domain = sim.domain_masks[1]
+    s.heterogeneity(mask=domain, latent_dim=2, n_epochs=12, progress=False)
+    axis = torch.nn.functional.normalize(torch.tensor(json.loads(sim.parameters_json.read_text())["hinge_axis"], dtype=torch.float64), dim=0)
+    r_h = rotvec_to_matrix(axis * torch.deg2rad(torch.as_tensor(sim.hinge_angle_deg, dtype=torch.float64))[:, None])
+    truth = torch.as_tensor(sim.rotations, dtype=torch.float64) @ r_h
+
+    def error() -> torch.Tensor:
+        p = s.particles
+        a = euler_relion_to_matrix(torch.as_tensor(np.stack([p["rot_deg"].values, p["tilt_deg"].values, p["psi_deg"].values], -1)))
+        return geodesic_angle_deg(a, truth)
+
+    before = error()
+    rec = s.conf_to_pose(domain, progress=False)
+    after = error()
+    print(f"conf_to_pose: median error to the domain pose {float(before.median()):.2f} -> {float(after.median()):.2f} deg")
+    assert rec.name == "conf_to_pose" and rec.metrics["median_angle_change_deg"] > 1.0
+    assert float(after.median()) < 0.5 * float(before.median())
+    assert s.history.last().name == "reconstruct"  # half maps rebuilt from the converted poses
