@@ -46,14 +46,23 @@ import torch
 
 from gmmsession.data.bridge import ParticleTensors
 from gmmsession.data.chunks import ParticleChunk
-from gmmsession.kernels.conventions import image_shift_angstrom_from_origin
+from gmmsession.kernels.conventions import image_shift_angstrom_from_origin, origin_angstrom_from_image_shift
 from gmmsession.kernels.fourier import rfft_centered_2d, rfft_frequencies_2d
 from gmmsession.kernels.fsc import shell_index_rfft
 from gmmsession.kernels.gmm import fourier_crop_box_size, project_gaussians_rfft_2d
 from gmmsession.kernels.rotations import geodesic_angle_deg, rotvec_to_matrix
 from gmmsession.kernels.scoring import band_scorer, crop_rfft_2d, phase_flipped_spectra, ring_band_weights
 
-__all__ = ["AlignConfig", "PoseUpdate", "refine_poses_chunk", "refine_poses", "concat_pose_updates"]
+__all__ = [
+    "AlignConfig",
+    "PoseUpdate",
+    "ScoringGrid",
+    "scoring_grid",
+    "prepare_batch",
+    "refine_poses_chunk",
+    "refine_poses",
+    "concat_pose_updates",
+]
 
 SCORINGS = ("frc", "ctf_exact")
 # Particles per Adam batch when AlignConfig.batch_size is None (see its docstring).
@@ -211,6 +220,55 @@ def _project_to_ball(x: torch.Tensor, radius: float | None) -> torch.Tensor:
     return x * torch.clamp(radius / norm.clamp_min(1e-30), max=1.0)
 
 
+@dataclass(frozen=True)
+class ScoringGrid:
+    """The Fourier-cropped grid particles are scored on: crop box, band, rings, score function.
+
+    Built once per run by :func:`scoring_grid`; used by alignment and by the heterogeneity
+    networks, so both score a particle the same way.
+    """
+
+    box: int
+    crop: int
+    pixel_size_angstrom: float
+    max_frequency: float | None
+    frequencies: torch.Tensor
+    score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    device: torch.device
+
+
+def scoring_grid(
+    box: int,
+    pixel_size_angstrom: float,
+    min_resolution_angstrom: float | None,
+    max_resolution_angstrom: float | None,
+    band_average: str,
+    device: torch.device,
+) -> ScoringGrid:
+    """Crop box whose Nyquist reaches ``max_resolution_angstrom`` (None: no crop), the scored
+    band's ring weights, and the band score (:func:`~gmmsession.kernels.scoring.band_scorer`)."""
+    dtype = torch.float32
+    max_frequency = None if max_resolution_angstrom is None else 1.0 / max_resolution_angstrom
+    b = fourier_crop_box_size(box, pixel_size_angstrom, max_frequency)
+    weights = ring_band_weights(
+        box, pixel_size_angstrom, min_resolution_angstrom, max_resolution_angstrom, device=device, dtype=dtype
+    )[: b // 2 + 1]  # rings beyond the crop's Nyquist (corners, index b // 2 + 1) are dropped
+    freqs = rfft_frequencies_2d(b, pixel_size_angstrom * box / b, device=device, dtype=dtype)  # same spacing as the full box
+    score = band_scorer(band_average, shell_index_rfft(b, 2, device=device), weights)
+    return ScoringGrid(box, b, pixel_size_angstrom, max_frequency, freqs, score, device)
+
+
+def prepare_batch(
+    images: torch.Tensor, params: ParticleTensors, grid: ScoringGrid, *, flip: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(cropped spectra, CTF, rotations, in-plane shifts) of a batch on the grid's device;
+    ``flip``: the spectra phase-flipped (the paper's ``"frc"`` scoring)."""
+    spectra = crop_rfft_2d(rfft_centered_2d(images.to(grid.device, torch.float32)), grid.crop)
+    params = params.to(grid.device)
+    spectra, ctf = phase_flipped_spectra(spectra, grid.frequencies, params.ctf_kwargs(), flip=flip)
+    return spectra, ctf, params.rotation.to(torch.float32), image_shift_angstrom_from_origin(params.origin_angstrom.to(torch.float32))
+
+
 def refine_poses_chunk(
     images: torch.Tensor,
     params: ParticleTensors,
@@ -249,23 +307,18 @@ def refine_poses_chunk(
     params = params.to(device)
     length = config.length_scale_angstrom or _radius_of_gyration(pos, amp, sig)
 
-    max_frequency = None if config.max_resolution_angstrom is None else 1.0 / config.max_resolution_angstrom
-    b = fourier_crop_box_size(box, pixel_size_angstrom, max_frequency)
-    weights = ring_band_weights(
-        box, pixel_size_angstrom, config.min_resolution_angstrom, config.max_resolution_angstrom, device=device, dtype=dtype
-    )[: b // 2 + 1]  # rings beyond the crop's Nyquist (corners, index b // 2 + 1) are dropped
-    ring_index = shell_index_rfft(b, 2, device=device)
-    freqs = rfft_frequencies_2d(b, pixel_size_angstrom * box / b, device=device, dtype=dtype)  # same spacing as the full box
+    grid = scoring_grid(
+        box, pixel_size_angstrom, config.min_resolution_angstrom, config.max_resolution_angstrom, config.band_average, device
+    )
 
     out: dict[str, list[torch.Tensor]] = {k: [] for k in ("rotation", "origin", "score", "initial")}
     batch_size = config.batch_size or _DEFAULT_BATCH.get(device.type, _DEFAULT_BATCH["cuda"])
-    score_fn = band_scorer(config.band_average, ring_index, weights)
     exact = config.scoring == "ctf_exact"
 
     def run(spectra: torch.Tensor, ctf: torch.Tensor, rot0: torch.Tensor, shift0: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return _refine_batch(
-            spectra, ctf if exact else None, rot0, shift0, pos, amp, sig, box, pixel_size_angstrom, max_frequency,
-            score_fn, length, config,
+            spectra, ctf if exact else None, rot0, shift0, pos, amp, sig, box, pixel_size_angstrom, grid.max_frequency,
+            grid.score, length, config,
         )
 
     # CUDA graphs pay off from the third full batch on (one eager, one capture).
@@ -276,14 +329,10 @@ def refine_poses_chunk(
     try:
         for start in range(0, n, batch_size):
             sl = slice(start, min(start + batch_size, n))
-            sub = params.select(sl)
-            spectra = crop_rfft_2d(rfft_centered_2d(images[sl].to(device, dtype)), b)
-            spectra, ctf = phase_flipped_spectra(spectra, freqs, sub.ctf_kwargs(), flip=config.scoring == "frc")
-            rot0 = sub.rotation.to(dtype)
-            shift0 = image_shift_angstrom_from_origin(sub.origin_angstrom.to(dtype))
+            spectra, ctf, rot0, shift0 = prepare_batch(images[sl], params.select(sl), grid, flip=config.scoring == "frc")
             best_theta, score, initial = step(spectra, ctf, rot0, shift0)
             out["rotation"].append(rotvec_to_matrix(best_theta[:, :3]) @ rot0)
-            out["origin"].append(-(shift0 + best_theta[:, 3:] * length))
+            out["origin"].append(origin_angstrom_from_image_shift(shift0 + best_theta[:, 3:] * length))
             out["score"].append(score)
             out["initial"].append(initial)
     finally:

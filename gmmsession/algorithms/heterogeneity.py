@@ -46,12 +46,10 @@ from torch import nn
 
 from gmmsession.data.bridge import ParticleTensors
 from gmmsession.data.gmm import GmmTensors
-from gmmsession.kernels.conventions import image_shift_angstrom_from_origin
-from gmmsession.kernels.fourier import rfft_centered_2d, rfft_frequencies_2d
-from gmmsession.kernels.fsc import shell_index_rfft
-from gmmsession.kernels.gmm import fourier_crop_box_size, project_gaussians_rfft_2d
-from gmmsession.kernels.rotations import kabsch_superposition
-from gmmsession.kernels.scoring import band_scorer, crop_rfft_2d, phase_flipped_spectra, ring_band_weights
+from gmmsession.algorithms.align import ScoringGrid, prepare_batch, scoring_grid
+from gmmsession.kernels.conventions import image_shift_angstrom_from_origin, origin_angstrom_from_image_shift
+from gmmsession.kernels.gmm import project_gaussians_rfft_2d
+from gmmsession.kernels.rotations import geodesic_angle_deg, kabsch_superposition
 
 __all__ = [
     "HeterogeneityConfig",
@@ -59,7 +57,6 @@ __all__ = [
     "AnchorDecoder",
     "anchor_points",
     "build_networks",
-    "ScoringSetup",
     "scoring_setup",
     "prepare_batch",
     "particle_features",
@@ -227,43 +224,16 @@ def build_networks(
 # ----------------------------------------------------------------------------- scoring
 
 
-@dataclass(frozen=True)
-class ScoringSetup:
-    """What every batch is scored with: crop box, rings, band score, device (one per training run)."""
-
-    box: int
-    crop: int
-    pixel_size_angstrom: float
-    max_frequency: float | None
-    frequencies: torch.Tensor
-    score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-    device: torch.device
-
-
 def scoring_setup(
     box: int, pixel_size_angstrom: float, config: HeterogeneityConfig, device: torch.device, resolution_angstrom: float | None = None
-) -> ScoringSetup:
-    """The band score of :mod:`~gmmsession.algorithms.align` (CTF-exact, pooled) up to the resolution."""
+) -> ScoringGrid:
+    """The alignment's scoring grid (CTF-exact, pooled) up to ``config.max_resolution_angstrom``
+    or else ``resolution_angstrom`` (:func:`~gmmsession.algorithms.align.scoring_grid`)."""
     res = config.max_resolution_angstrom or resolution_angstrom
-    max_frequency = None if res is None else 1.0 / res
-    crop = fourier_crop_box_size(box, pixel_size_angstrom, max_frequency)
-    weights = ring_band_weights(box, pixel_size_angstrom, config.min_resolution_angstrom, res, device=device, dtype=torch.float32)
-    freqs = rfft_frequencies_2d(crop, pixel_size_angstrom * box / crop, device=device, dtype=torch.float32)
-    score = band_scorer("pooled", shell_index_rfft(crop, 2, device=device), weights[: crop // 2 + 1])
-    return ScoringSetup(box, crop, pixel_size_angstrom, max_frequency, freqs, score, device)
+    return scoring_grid(box, pixel_size_angstrom, config.min_resolution_angstrom, res, "pooled", device)
 
 
-def prepare_batch(images: torch.Tensor, params: ParticleTensors, setup: ScoringSetup) -> tuple[torch.Tensor, ...]:
-    """(spectra, ctf, rotations, in-plane shifts) of a batch on the setup's device."""
-    spectra = crop_rfft_2d(rfft_centered_2d(images.to(setup.device, torch.float32)), setup.crop)
-    params = params.to(setup.device)
-    spectra, ctf = phase_flipped_spectra(spectra, setup.frequencies, params.ctf_kwargs(), flip=False)
-    rot = params.rotation.to(torch.float32)
-    shift = image_shift_angstrom_from_origin(params.origin_angstrom.to(torch.float32))
-    return spectra, ctf, rot, shift
-
-
-def _batch_scores(positions: torch.Tensor, gmm: GmmTensors, batch: tuple[torch.Tensor, ...], setup: ScoringSetup) -> torch.Tensor:
+def _batch_scores(positions: torch.Tensor, gmm: GmmTensors, batch: tuple[torch.Tensor, ...], setup: ScoringGrid) -> torch.Tensor:
     spectra, ctf, rot, shift = batch
     proj = project_gaussians_rfft_2d(
         positions, gmm.amplitudes, gmm.widths_angstrom, rot, shift, setup.box, setup.pixel_size_angstrom, setup.max_frequency
@@ -271,7 +241,7 @@ def _batch_scores(positions: torch.Tensor, gmm: GmmTensors, batch: tuple[torch.T
     return setup.score(proj * ctf, spectra)
 
 
-def particle_features(gmm: GmmTensors, weights: torch.Tensor, batch: tuple[torch.Tensor, ...], setup: ScoringSetup) -> torch.Tensor:
+def particle_features(gmm: GmmTensors, weights: torch.Tensor, batch: tuple[torch.Tensor, ...], setup: ScoringGrid) -> torch.Tensor:
     """(n, A, 3): gradient of each particle's score with respect to the anchor displacements, unit RMS.
 
     ``gmm`` and ``weights`` (G, A) (the decoder's :attr:`AnchorDecoder.weights`) on the setup's
@@ -294,7 +264,7 @@ def train_half(
     gmm: GmmTensors,
     encoder: GmmEncoder,
     decoder: AnchorDecoder,
-    setup: ScoringSetup,
+    setup: ScoringGrid,
     config: HeterogeneityConfig,
     progress: Callable[[int, float], None] | None = None,
 ) -> list[float]:
@@ -332,7 +302,7 @@ def encode_half(
     gmm: GmmTensors,
     encoder: GmmEncoder,
     decoder: AnchorDecoder,
-    setup: ScoringSetup,
+    setup: ScoringGrid,
 ) -> torch.Tensor:
     """(n, latent_dim) latent vectors of the particles ``batches`` yields, in that order (CPU)."""
     gmm = gmm.to(setup.device, torch.float32)
@@ -345,7 +315,7 @@ def refine_latent(
     batch: tuple[torch.Tensor, ...],
     gmm: GmmTensors,
     decoder: AnchorDecoder,
-    setup: ScoringSetup,
+    setup: ScoringGrid,
     config: HeterogeneityConfig,
     n_steps: int = 20,
     learning_rate: float = 0.05,
@@ -417,6 +387,6 @@ def conformation_poses(
     )
     a = rotation.to(dtype)
     new_rotation = a @ r
-    new_origin = origin_angstrom.to(dtype) - (a @ t[..., None])[..., :2, 0]
-    cos = ((r.diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2).clamp(-1, 1)
-    return new_rotation.to(rotation.dtype), new_origin.to(origin_angstrom.dtype), torch.rad2deg(torch.acos(cos)).to(rotation.dtype)
+    shift = image_shift_angstrom_from_origin(origin_angstrom.to(dtype)) + (a @ t[..., None])[..., :2, 0]
+    angle = geodesic_angle_deg(r, torch.eye(3, dtype=dtype).expand_as(r))
+    return new_rotation.to(rotation.dtype), origin_angstrom_from_image_shift(shift).to(origin_angstrom.dtype), angle.to(rotation.dtype)

@@ -126,6 +126,11 @@ def image_shift_angstrom_from_origin(origin_angstrom: torch.Tensor) -> torch.Ten
     return -origin_angstrom
 
 
+def origin_angstrom_from_image_shift(shift_angstrom: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`image_shift_angstrom_from_origin`: the ``rlnOriginX/YAngst`` of a shift."""
+    return -shift_angstrom
+
+
 def bfactor_to_sigma_angstrom(bfactor_angstrom2: torch.Tensor | float) -> torch.Tensor | float:
     """B-factor (Å^2) to the real-space Gaussian width sigma (Å): ``sigma = sqrt(B / (8 pi^2))``."""
     if isinstance(bfactor_angstrom2, torch.Tensor):

@@ -76,3 +76,12 @@ def test_shape_errors_name_the_shape():
         euler_relion_to_matrix(torch.zeros(4, 2))
     with pytest.raises(ValueError, match="3, 3"):
         matrix_to_euler_relion(torch.zeros(4, 3))
+
+
+def test_image_shift_and_origin_are_inverse():
+    from gmmsession.kernels.conventions import image_shift_angstrom_from_origin, origin_angstrom_from_image_shift
+
+    origin = torch.tensor([[1.5, -2.0], [0.0, 3.25]])
+    shift = image_shift_angstrom_from_origin(origin)
+    torch.testing.assert_close(shift, -origin)  # RELION: a map point lands at (A r)[:2] - origin
+    torch.testing.assert_close(origin_angstrom_from_image_shift(shift), origin)
