@@ -382,7 +382,7 @@ class Session:
                 metrics[f"half{h}_final_loss"] = losses[-1]
         self._record(
             "heterogeneity",
-            {**{k: v for k, v in vars(config).items()}, "mask": _mask_label(mask), "device": str(dev)},
+            {**vars(config), "mask": _mask_label(mask), "device": str(dev)},
             t, metrics, {f"half{h}_loss": list(v) for h, v in het.losses.items()},
         )
         return het
