@@ -37,8 +37,9 @@ so a later multi-GPU runner can split particles the same way as alignment.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -61,6 +62,7 @@ __all__ = [
     "prepare_batch",
     "particle_features",
     "train_half",
+    "training_state",
     "encode_half",
     "refine_latent",
     "latent_pca",
@@ -178,6 +180,7 @@ class AnchorDecoder(nn.Module):
                 raise ValueError(f"mobility must have shape ({pos.shape[0]},), got {tuple(mobility.shape)}")
             weights = weights * mobility.detach().float().to(pos.device).clamp(0, 1)[:, None]
         self.register_buffer("neutral", pos)
+        self.register_buffer("anchors", anchors)
         self.register_buffer("weights", weights)
         self.anchor_width_angstrom = float(anchor_width_angstrom)
         self.latent_dim = int(latent_dim)
@@ -267,17 +270,37 @@ def train_half(
     setup: ScoringGrid,
     config: HeterogeneityConfig,
     progress: Callable[[int, float], None] | None = None,
+    *,
+    resume: Mapping[str, Any] | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[float]:
     """Train one half set's encoder and decoder (in place); returns the mean loss per epoch.
 
     ``batches(epoch)`` yields ``(images (n, box, box), params)`` of this half's particles only
     (shuffled as the caller likes); ``progress(epoch, mean_loss)`` after each epoch.
+
+    Checkpointing: ``on_epoch(state)`` is called after every finished epoch (before
+    ``progress``) with the training state (:func:`training_state`: epochs done, losses so far,
+    the networks' and the optimiser's state_dicts, which reference the live tensors: write or
+    copy them during the call). Given such a state as ``resume``, the networks and the
+    optimiser are restored and training continues at epoch ``resume["epoch"]`` up to
+    ``config.n_epochs`` (a state already at or past ``n_epochs`` trains no further). Training
+    draws no random numbers (the batch order is the caller's, seeded per epoch; initialisation
+    is :func:`build_networks`'), so a resumed run repeats the uninterrupted one's operations.
     """
     gmm = gmm.to(setup.device, torch.float32)
     params = list(encoder.parameters()) + list(decoder.parameters())
     opt = torch.optim.Adam(params, lr=config.learning_rate)
     losses: list[float] = []
-    for epoch in range(config.n_epochs):
+    start = 0
+    if resume is not None:
+        encoder.load_state_dict(resume["encoder"])
+        decoder.load_state_dict(resume["decoder"])
+        opt.load_state_dict(resume["optimizer"])
+        for group in opt.param_groups:  # the current config's rate, not the checkpoint's
+            group["lr"] = config.learning_rate
+        losses, start = [float(v) for v in resume["losses"]], int(resume["epoch"])
+    for epoch in range(start, config.n_epochs):
         total, count = 0.0, 0
         for images, p in batches(epoch):
             batch = prepare_batch(images, p, setup)
@@ -291,9 +314,25 @@ def train_half(
             total += float(loss.detach()) * images.shape[0]
             count += images.shape[0]
         losses.append(total / max(count, 1))
+        if on_epoch is not None:
+            on_epoch(training_state(encoder, decoder, opt, epoch + 1, losses))
         if progress is not None:
             progress(epoch + 1, losses[-1])
     return losses
+
+
+def training_state(
+    encoder: GmmEncoder, decoder: AnchorDecoder, optimizer: torch.optim.Optimizer, epoch: int, losses: list[float]
+) -> dict[str, Any]:
+    """The state :func:`train_half` resumes from: ``{"epoch", "losses", "encoder", "decoder", "optimizer"}``
+    (epochs done, mean loss per epoch, state_dicts)."""
+    return {
+        "epoch": int(epoch),
+        "losses": [float(v) for v in losses],
+        "encoder": encoder.state_dict(),
+        "decoder": decoder.state_dict(),
+        "optimizer": optimizer.state_dict(),
+    }
 
 
 @torch.no_grad()

@@ -17,7 +17,9 @@ The latent space of the two halves are separate models: their axes are not compa
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,12 +34,15 @@ from gmmsession.algorithms.heterogeneity import (
     scoring_setup,
     train_half,
 )
+from gmmsession._version import __version__
 from gmmsession.data.chunks import iter_particle_chunks
+from gmmsession.data.errors import GmmsessionInputError
+from gmmsession.data.io._atomic import atomic_path
 from gmmsession.data.gmm import GmmTensors, gmm_dataset, gmm_to_tensors
 from gmmsession.kernels.gmm import render_gaussians_3d
 from gmmsession.kernels.masks import sample_volume_at
 
-__all__ = ["Heterogeneity"]
+__all__ = ["Heterogeneity", "read_checkpoint", "write_checkpoint"]
 
 
 class Heterogeneity:
@@ -47,6 +52,7 @@ class Heterogeneity:
     ----------
     latent : xarray.DataArray (particle, latent_dim)
     losses : {half: [mean loss per epoch]}
+    resumed_from : {half: epochs taken from a checkpoint (0: trained from scratch)}
     config : HeterogeneityConfig
     mask : xarray.DataArray (z, y, x) of the mobility mask, or None
     """
@@ -59,6 +65,7 @@ class Heterogeneity:
         self.gmms: dict[int, GmmTensors] = {}
         self.losses: dict[int, list[float]] = {}
         self.latent: xr.DataArray | None = None
+        self.resumed_from: dict[int, int] = {}
 
     # ------------------------------------------------------------------ running
     def _batches(self, positions: np.ndarray, epoch: int | None) -> Iterator[tuple[torch.Tensor, Any]]:
@@ -69,14 +76,31 @@ class Heterogeneity:
                 idx = torch.arange(b, min(b + bs, len(chunk.positions)))
                 yield chunk.images[idx], chunk.params.select(idx)
 
-    def run(self, device: torch.device, resolution_angstrom: float, progress: Any = None) -> None:
-        """Train both halves' models and encode every particle (called by the session)."""
+    def run(
+        self, device: torch.device, resolution_angstrom: float, progress: Any = None, checkpoint: str | os.PathLike | None = None
+    ) -> None:
+        """Train both halves' models and encode every particle (called by the session).
+
+        With ``checkpoint`` (a file path) the training state is written there after every
+        epoch of each half (:func:`write_checkpoint`); if the file exists at the start, it
+        must match (:func:`read_checkpoint`) and training resumes after its last finished epoch.
+        """
         s = self._session
         halves = s.particles["half"].values
         latent = np.full((halves.shape[0], self.config.latent_dim), np.nan, dtype=np.float32)
         setup = scoring_setup(s.box_size, s.pixel_size_angstrom, self.config, device, resolution_angstrom)
+        gmms = {h: gmm_to_tensors(s.gmm, half=h) for h in (1, 2)}
+        n_gaussians = {h: int(gmms[h].positions_angstrom.shape[0]) for h in (1, 2)}
+        n_particles = {h: int((halves == h).sum()) for h in (1, 2)}
+        saved: dict[str, Any] | None = None
+        if checkpoint is not None:
+            checkpoint = Path(checkpoint)
+            if checkpoint.exists():
+                saved = read_checkpoint(checkpoint, self.config, n_gaussians, n_particles)
+            else:
+                saved = _checkpoint_payload(self.config, n_gaussians, n_particles)
         for h in (1, 2):
-            gmm = gmm_to_tensors(s.gmm, half=h)
+            gmm = gmms[h]
             mobility = None
             if self.mask is not None:
                 volume = torch.as_tensor(np.asarray(self.mask.values), dtype=torch.float32)
@@ -85,7 +109,14 @@ class Heterogeneity:
             encoder, decoder = encoder.to(device), decoder.to(device)
             positions = np.flatnonzero(halves == h)
             report = None if progress is None else (lambda epoch, loss, h=h: progress(h, epoch, loss))
-            self.losses[h] = train_half(lambda e, p=positions: self._batches(p, e), gmm, encoder, decoder, setup, self.config, report)
+            resume = None if saved is None else saved["halves"].get(h)
+            self.resumed_from[h] = 0 if resume is None else int(resume["epoch"])
+            def save(state: dict[str, Any], h: int = h) -> None:
+                saved["halves"][h] = state
+                write_checkpoint(checkpoint, saved)
+
+            self.losses[h] = train_half(lambda e, p=positions: self._batches(p, e), gmm, encoder, decoder, setup, self.config, report,
+                                        resume=resume, on_epoch=None if saved is None else save)
             latent[positions] = encode_half(self._batches(positions, None), gmm, encoder, decoder, setup).numpy()
             self.models[h] = (encoder.eval(), decoder.eval())
             self.gmms[h] = gmm
@@ -144,3 +175,59 @@ class Heterogeneity:
         n = 0 if self.latent is None else int(self.latent.sizes["particle"])
         last = {h: round(v[-1], 4) for h, v in self.losses.items() if v}
         return f"Heterogeneity({n} particles, latent_dim {self.config.latent_dim}, final loss per half {last})"
+
+
+# ---------------------------------------------------------------------- checkpoints
+CHECKPOINT_FORMAT = 1
+# What must agree for a checkpoint's networks to fit this run (n_epochs may grow; the
+# optimisation settings such as learning_rate or batch_size are the current call's).
+_MATCHED_CONFIG_FIELDS = ("latent_dim", "n_anchors", "hidden")
+
+
+def _checkpoint_payload(config: HeterogeneityConfig, n_gaussians: dict[int, int], n_particles: dict[int, int]) -> dict[str, Any]:
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "gmmsession_version": __version__,
+        "config": dict(vars(config)),
+        "n_gaussians": dict(n_gaussians),
+        "n_particles": dict(n_particles),
+        "halves": {},
+    }
+
+
+def write_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
+    """``torch.save(payload)`` to ``path`` atomically (a temporary file in the same folder, then
+    ``os.replace``): an interruption leaves the previous checkpoint or none, never half a file."""
+    with atomic_path(path, suffix=".tmp") as tmp:
+        torch.save(payload, tmp)
+
+
+def read_checkpoint(
+    path: str | os.PathLike, config: HeterogeneityConfig, n_gaussians: dict[int, int], n_particles: dict[int, int]
+) -> dict[str, Any]:
+    """Load a heterogeneity checkpoint and check that it fits this run.
+
+    Raises :class:`~gmmsession.data.errors.GmmsessionInputError` naming the file and the first
+    field that differs: ``latent_dim``, ``n_anchors``, ``hidden`` (the networks' shapes), the
+    GMM size or the number of particles of a half set.
+    """
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated or foreign file: say which one
+        raise GmmsessionInputError(f"{path}: not a readable heterogeneity checkpoint ({exc})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise GmmsessionInputError(f"{path}: not a heterogeneity checkpoint of format {CHECKPOINT_FORMAT}")
+    expect = {f: getattr(config, f) for f in _MATCHED_CONFIG_FIELDS}
+    found = {f: payload["config"].get(f) for f in _MATCHED_CONFIG_FIELDS}
+    for h in (1, 2):
+        expect[f"half {h} GMM size (n_gaussians)"] = n_gaussians[h]
+        found[f"half {h} GMM size (n_gaussians)"] = payload["n_gaussians"].get(h)
+        expect[f"half {h} particle count"] = n_particles[h]
+        found[f"half {h} particle count"] = payload["n_particles"].get(h)
+    for field, value in expect.items():
+        if found[field] != value:
+            raise GmmsessionInputError(
+                f"checkpoint {path} does not match this run: {field} is {found[field]} there, {value} here "
+                "(delete the file or pass another checkpoint path to start afresh)"
+            )
+    return payload

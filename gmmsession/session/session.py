@@ -338,6 +338,7 @@ class Session:
         *,
         device: Any = None,
         progress: bool = True,
+        checkpoint: str | os.PathLike | None = None,
         **options: Any,
     ) -> "Heterogeneity":
         """Train one encoder/decoder per half set on the current poses; returns the models.
@@ -352,6 +353,12 @@ class Session:
         options : further :class:`~gmmsession.algorithms.heterogeneity.HeterogeneityConfig`
             fields (``n_anchors``, ``hidden``, ``batch_size``, ``learning_rate``, ``latent_weight``,
             ``max_resolution_angstrom``, ``seed``, ...).
+        checkpoint : optional file path: after every epoch of each half the networks, the
+            optimiser state, the epoch and the losses are written there (atomically). If the
+            file exists, its networks must fit (same ``latent_dim``, ``n_anchors``, ``hidden``,
+            GMM sizes and particles per half, else an error naming the file and the field) and
+            training resumes after its last finished epoch, up to ``n_epochs``; the result
+            equals an uninterrupted run with the same settings.
 
         Returns
         -------
@@ -371,7 +378,7 @@ class Session:
         update, close = _progress_bar(2 * n_epochs, "heterogeneity", progress, unit="epoch")
         with Timer() as t:
             try:
-                het.run(dev, res, progress=lambda h, epoch, loss: update((h - 1) * n_epochs + epoch))
+                het.run(dev, res, progress=lambda h, epoch, loss: update((h - 1) * n_epochs + epoch), checkpoint=checkpoint)
             finally:
                 close()
         self.last_heterogeneity = het
@@ -380,9 +387,10 @@ class Session:
         for h, losses in het.losses.items():
             if losses:
                 metrics[f"half{h}_final_loss"] = losses[-1]
+            metrics[f"half{h}_resumed_from_epoch"] = het.resumed_from.get(h, 0)
         self._record(
             "heterogeneity",
-            {**vars(config), "mask": _mask_label(mask), "device": str(dev)},
+            {**vars(config), "mask": _mask_label(mask), "device": str(dev), "checkpoint": None if checkpoint is None else str(checkpoint)},
             t, metrics, {f"half{h}_loss": list(v) for h, v in het.losses.items()},
         )
         return het

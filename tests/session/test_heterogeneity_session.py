@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 import xarray as xr
 from scipy.stats import spearmanr
 
 import gmmsession as gs
+from gmmsession.data.errors import GmmsessionInputError
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +110,84 @@ def test_conf_to_pose_moves_poses_to_the_domain_frame(hinge_session):
     assert rec.name == "conf_to_pose" and rec.metrics["median_angle_change_deg"] > 1.0
     assert float(after.median()) < 0.5 * float(before.median())
     assert s.history.last().name == "reconstruct"  # half maps rebuilt from the converted poses
+
+
+# ---------------------------------------------------------------------- tiny session (checkpoint, save, conf_to_pose)
+TINY = {"latent_dim": 2, "n_anchors": 8, "hidden": 16, "batch_size": 8}
+
+
+@pytest.fixture(scope="module")
+def tiny_session(tmp_path_factory):
+    d = tmp_path_factory.mktemp("het_tiny")
+    sim = gs.simulate(d / "data", n_particles=40, box_size=24, pixel_size_angstrom=4.0, snr=0.5, hinge_max_deg=20.0, seed=3)
+    s = gs.Session.from_star(sim.particles_star, device="cpu")
+    s.reconstruct(progress=False)
+    s.build_gmm(n_gaussians=60, n_iter=30, progress=False)
+    return s, sim
+
+
+def _state(h):
+    return {f"{half}.{part}.{k}": v.clone() for half, nets in h.models.items() for part, net in zip("ed", nets)
+            for k, v in net.state_dict().items()}
+
+
+def _assert_same_training(a, b):
+    # CPU, same operations in the same order on the same batches: measured bitwise equal; the
+    # tolerance only allows for a BLAS that splits sums differently between two calls.
+    assert a.losses.keys() == b.losses.keys()
+    for h in a.losses:
+        assert a.losses[h] == pytest.approx(b.losses[h], rel=1e-6)
+    np.testing.assert_allclose(a.latent.values, b.latent.values, rtol=1e-5, atol=1e-6)
+    sa, sb = _state(a), _state(b)
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        torch.testing.assert_close(sa[k], sb[k], rtol=1e-5, atol=1e-6)
+
+
+def test_checkpoint_resumes_training_where_it_stopped(tiny_session, tmp_path):
+    s, sim = tiny_session
+    mask, ckpt = sim.domain_masks[1], tmp_path / "het.pt"
+    s.heterogeneity(mask=mask, n_epochs=2, progress=False, checkpoint=ckpt, **TINY)
+    assert ckpt.exists() and not list(tmp_path.glob(".het.pt*"))  # no temporary file left behind
+    saved = torch.load(ckpt, weights_only=True)
+    assert [saved["halves"][h]["epoch"] for h in (1, 2)] == [2, 2] and saved["config"]["latent_dim"] == 2
+    resumed = s.heterogeneity(mask=mask, n_epochs=3, progress=False, checkpoint=ckpt, **TINY)
+    assert resumed.resumed_from == {1: 2, 2: 2}  # one more epoch per half, not three
+    assert s.history.last().metrics["half1_resumed_from_epoch"] == 2 and s.history.last().params["checkpoint"] == str(ckpt)
+    whole = s.heterogeneity(mask=mask, n_epochs=3, progress=False, **TINY)
+    assert whole.resumed_from == {1: 0, 2: 0}
+    _assert_same_training(resumed, whole)
+
+
+def test_interrupted_training_keeps_the_last_finished_epoch(tiny_session, tmp_path, monkeypatch):
+    from gmmsession.session.heterogeneity import Heterogeneity
+
+    s, sim = tiny_session
+    mask, ckpt = sim.domain_masks[1], tmp_path / "het.pt"
+    batches, calls = Heterogeneity._batches, []
+
+    def interrupted(self, positions, epoch):
+        calls.append(epoch)
+        it = batches(self, positions, epoch)
+        yield next(it)
+        if calls.count(1) == 2:  # half 2, epoch 2 (0-based 1), after its first batch: Ctrl-C
+            raise KeyboardInterrupt
+        yield from it
+
+    monkeypatch.setattr(Heterogeneity, "_batches", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        s.heterogeneity(mask=mask, n_epochs=3, progress=False, checkpoint=ckpt, **TINY)
+    monkeypatch.setattr(Heterogeneity, "_batches", batches)
+    saved = torch.load(ckpt, weights_only=True)
+    assert [saved["halves"][h]["epoch"] for h in (1, 2)] == [3, 1]
+    resumed = s.heterogeneity(mask=mask, n_epochs=3, progress=False, checkpoint=ckpt, **TINY)
+    assert resumed.resumed_from == {1: 3, 2: 1}
+    _assert_same_training(resumed, s.heterogeneity(mask=mask, n_epochs=3, progress=False, **TINY))
+
+
+def test_checkpoint_of_other_networks_is_refused(tiny_session, tmp_path):
+    s, sim = tiny_session
+    ckpt = tmp_path / "het.pt"
+    s.heterogeneity(n_epochs=1, progress=False, checkpoint=ckpt, **TINY)
+    with pytest.raises(GmmsessionInputError, match=r"het\.pt.*hidden is 16 there, 32 here"):
+        s.heterogeneity(n_epochs=2, progress=False, checkpoint=ckpt, **{**TINY, "hidden": 32})
