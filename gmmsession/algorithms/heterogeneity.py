@@ -58,6 +58,8 @@ __all__ = [
     "AnchorDecoder",
     "anchor_points",
     "build_networks",
+    "network_state",
+    "networks_from_state",
     "scoring_setup",
     "prepare_batch",
     "particle_features",
@@ -222,6 +224,32 @@ def build_networks(
     )
     encoder = GmmEncoder(decoder.n_anchors, config.latent_dim, config.hidden)
     return encoder, decoder
+
+
+def network_state(encoder: GmmEncoder, decoder: AnchorDecoder) -> dict[str, Any]:
+    """Everything needed to rebuild a trained pair with :func:`networks_from_state`: both
+    state_dicts (the decoder's holds the neutral centres, anchors and mobility-weighted
+    anchor weights as buffers), the sizes and the anchor width. Tensors, numbers and dicts
+    only, so ``torch.load(..., weights_only=True)`` reads it back."""
+    return {
+        "latent_dim": decoder.latent_dim,
+        "n_anchors": decoder.n_anchors,
+        "hidden": int(decoder.net[0].out_features),
+        "anchor_width_angstrom": decoder.anchor_width_angstrom,
+        "encoder": {k: v.detach().cpu() for k, v in encoder.state_dict().items()},
+        "decoder": {k: v.detach().cpu() for k, v in decoder.state_dict().items()},
+    }
+
+
+def networks_from_state(state: Mapping[str, Any]) -> tuple[GmmEncoder, AnchorDecoder]:
+    """Rebuild the encoder and decoder that :func:`network_state` described (on the CPU, eval mode)."""
+    dec_sd = state["decoder"]
+    decoder = AnchorDecoder(dec_sd["neutral"], dec_sd["anchors"], int(state["latent_dim"]), int(state["hidden"]),
+                            float(state["anchor_width_angstrom"]))
+    decoder.load_state_dict(dec_sd)  # the weights buffer carries the mobility the decoder was trained with
+    encoder = GmmEncoder(int(state["n_anchors"]), int(state["latent_dim"]), int(state["hidden"]))
+    encoder.load_state_dict(state["encoder"])
+    return encoder.eval(), decoder.eval()
 
 
 # ----------------------------------------------------------------------------- scoring

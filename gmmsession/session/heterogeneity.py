@@ -17,6 +17,7 @@ The latent space of the two halves are separate models: their axes are not compa
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +32,8 @@ from gmmsession.algorithms.heterogeneity import (
     build_networks,
     encode_half,
     latent_pca,
+    network_state,
+    networks_from_state,
     scoring_setup,
     train_half,
 )
@@ -127,6 +130,50 @@ class Heterogeneity:
             name="latent",
             attrs={"long_name": "latent vector (per-half models: axes not comparable between halves)"},
         )
+
+    # ------------------------------------------------------------------ saving
+    def to_bytes(self) -> bytes:
+        """The trained networks as ``torch.save`` bytes (what the session file stores in its
+        ``heterogeneity`` group): config, per-half :func:`network_state`, the half GMMs the
+        decoders were built on, and the losses. The latent vectors are saved by the session
+        (group ``latent``); the mobility mask is not (its label is in the history)."""
+        payload = {
+            "format": CHECKPOINT_FORMAT,
+            "gmmsession_version": __version__,
+            "config": dict(vars(self.config)),
+            "losses": {h: [float(v) for v in self.losses.get(h, [])] for h in self.models},
+            "halves": {
+                h: {
+                    **network_state(*self.models[h]),
+                    "gmm": {
+                        "positions_angstrom": self.gmms[h].positions_angstrom.detach().cpu(),
+                        "amplitudes": self.gmms[h].amplitudes.detach().cpu(),
+                        "widths_angstrom": self.gmms[h].widths_angstrom.detach().cpu(),
+                    },
+                }
+                for h in self.models
+            },
+        }
+        buf = io.BytesIO()
+        torch.save(payload, buf)
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, session: Any, raw: bytes) -> "Heterogeneity":
+        """Rebuild the object :meth:`to_bytes` wrote, networks on the CPU; ``latent`` is the
+        session's (None when its particles no longer match), ``mask`` is None."""
+        payload = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+        if payload.get("format") != CHECKPOINT_FORMAT:
+            raise GmmsessionInputError(f"heterogeneity networks of format {payload.get('format')}: this gmmsession reads {CHECKPOINT_FORMAT}")
+        config = HeterogeneityConfig(**payload["config"])
+        het = cls(session, config)
+        for h, state in payload["halves"].items():
+            het.models[int(h)] = networks_from_state(state)
+            g = state["gmm"]
+            het.gmms[int(h)] = GmmTensors(g["positions_angstrom"], g["amplitudes"], g["widths_angstrom"])
+        het.losses = {int(h): list(v) for h, v in payload["losses"].items()}
+        het.latent = session.latent
+        return het
 
     # ------------------------------------------------------------------ exploring
     def _decoder(self, half: int) -> Any:

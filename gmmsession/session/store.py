@@ -4,7 +4,8 @@ Layout of a ``.gmms`` file:
 
 * root attributes: ``gmmsession_format`` (int), ``gmmsession_version``, ``history`` (JSON),
   ``source`` (JSON: the input tables needed for a lossless export);
-* groups ``particles``, ``optics`` (xarray Datasets), ``half_maps``, ``gmm`` and ``latent`` (when present),
+* groups ``particles``, ``optics`` (xarray Datasets), ``half_maps``, ``gmm``, ``latent`` and
+  ``heterogeneity`` (the last heterogeneity networks as ``torch.save`` bytes) (when present),
   ``source_block_<i>`` / ``source_cs`` (the input tables).
 
 Files are written to a temporary name beside the target and renamed (atomic). A file written
@@ -54,6 +55,7 @@ def save_session(session, path: str | os.PathLike) -> Path:
             _clean_for_netcdf(session.gmm).to_netcdf(tmp, group="gmm", engine="h5netcdf", mode="a")
         if session.latent is not None:
             _clean_for_netcdf(session.latent.to_dataset(name="latent")).to_netcdf(tmp, group="latent", engine="h5netcdf", mode="a")
+        _write_heterogeneity(tmp, session)
         with h5netcdf.File(tmp, "a") as f:
             f.attrs["gmmsession_format"] = FORMAT_VERSION
             f.attrs["gmmsession_version"] = __version__
@@ -96,7 +98,28 @@ def open_session(path: str | os.PathLike, *, device=None):
     gmm = _load(path, "gmm") if "gmm" in groups else None
     latent = _load(path, "latent")["latent"] if "latent" in groups else None
     pset = ParticleSet(particles=particles, optics=optics, source=_read_source(path, attrs["source"]))
-    return Session(pset, device=device, history=History.from_json(attrs["history"]), half_maps=half_maps, gmm=gmm, latent=latent)
+    session = Session(pset, device=device, history=History.from_json(attrs["history"]), half_maps=half_maps, gmm=gmm, latent=latent)
+    _read_heterogeneity(session, path, groups)
+    return session
+
+
+def _write_heterogeneity(tmp: Path, session) -> None:
+    """Group ``heterogeneity``: the last ``heterogeneity()``'s networks as ``torch.save`` bytes
+    (variable ``torch``, uint8; :meth:`~gmmsession.session.heterogeneity.Heterogeneity.to_bytes`)."""
+    het = getattr(session, "last_heterogeneity", None)
+    if het is None or not het.models:
+        return
+    raw = np.frombuffer(het.to_bytes(), dtype=np.uint8)
+    ds = xr.Dataset({"torch": ("byte", raw)}, attrs={"content": "torch.save of the per-half heterogeneity networks"})
+    ds.to_netcdf(tmp, group="heterogeneity", engine="h5netcdf", mode="a")
+
+
+def _read_heterogeneity(session, path: Path, groups: set[str]) -> None:
+    """``session.last_heterogeneity`` rebuilt from group ``heterogeneity`` (files without it: None)."""
+    from gmmsession.session.heterogeneity import Heterogeneity
+
+    if "heterogeneity" in groups:
+        session.last_heterogeneity = Heterogeneity.from_bytes(session, _load(path, "heterogeneity")["torch"].values.tobytes())
 
 
 def _load(path: Path, group: str) -> xr.Dataset:

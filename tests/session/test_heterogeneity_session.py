@@ -70,7 +70,7 @@ def test_latent_is_saved_with_the_session(hinge_session, tmp_path):
     assert reopened.latent is not None
     np.testing.assert_array_equal(reopened.latent.values, s.latent.values)
     assert reopened.latent.dims == ("particle", "latent_dim")
-    assert reopened.last_heterogeneity is None  # the networks are not saved
+    assert reopened.last_heterogeneity is not None  # the networks are saved too (test_networks_are_saved_with_the_session)
 
 
 def test_latent_of_another_particle_set_is_not_shown(hinge_session):
@@ -191,3 +191,26 @@ def test_checkpoint_of_other_networks_is_refused(tiny_session, tmp_path):
     s.heterogeneity(n_epochs=1, progress=False, checkpoint=ckpt, **TINY)
     with pytest.raises(GmmsessionInputError, match=r"het\.pt.*hidden is 16 there, 32 here"):
         s.heterogeneity(n_epochs=2, progress=False, checkpoint=ckpt, **{**TINY, "hidden": 32})
+
+
+def test_networks_are_saved_with_the_session(tiny_session, tmp_path):
+    s, sim = tiny_session
+    mask = sim.domain_masks[1]
+    h = s.heterogeneity(mask=mask, n_epochs=1, progress=False, **TINY)
+    reopened = gs.open_session(s.save(tmp_path / "het.gmms"))
+    r = reopened.last_heterogeneity
+    assert r is not None and r.config == h.config and r.losses == h.losses
+    np.testing.assert_array_equal(r.latent.values, h.latent.values)
+    _assert_same_training(r, h)  # state_dicts, buffers (neutral centres, anchors, mobility weights) included
+    point = h.trajectory(pc=1, n=3, half=2)[-1]
+    np.testing.assert_array_equal(r.gmm_at(point, half=2)["position_angstrom"].values, h.gmm_at(point, half=2)["position_angstrom"].values)
+    np.testing.assert_array_equal(r.volume_at(point, half=1).values, h.volume_at(point, half=1).values)
+    # conf_to_pose on the reopened session gives the poses of the original one.
+    pose_vars = ["rot_deg", "tilt_deg", "psi_deg", "origin_x_angstrom", "origin_y_angstrom"]
+    original = gs.open_session(tmp_path / "het.gmms")  # the same state, trained networks in memory replaced by the file's
+    original.last_heterogeneity = h
+    original.conf_to_pose(mask, reconstruct=False, progress=False)
+    reopened.conf_to_pose(mask, reconstruct=False, progress=False)
+    for v in pose_vars:
+        np.testing.assert_array_equal(reopened.particles[v].values, original.particles[v].values, err_msg=v)
+    assert not np.array_equal(reopened.particles["rot_deg"].values, s.particles["rot_deg"].values)  # the poses did change
