@@ -17,7 +17,7 @@ import torch
 
 from gmmsession.kernels.masks import soft_sphere_mask_3d
 
-__all__ = ["PatchLayout", "patch_layout", "patch_masks", "composite_half_maps", "PATCH_SOFT_EDGE_PX"]
+__all__ = ["PatchLayout", "patch_layout", "patch_masks", "mask_centre_radius", "composite_half_maps", "PATCH_SOFT_EDGE_PX"]
 
 PATCH_SOFT_EDGE_PX = 5.0
 
@@ -73,6 +73,34 @@ def patch_masks(layout: PatchLayout, box_size: int, pixel_size_angstrom: float, 
         soft_sphere_mask_3d(box_size, float(r / pixel_size_angstrom), soft_edge_px, centres_px[i])
         for i, r in enumerate(layout.radii_angstrom)
     ])
+
+
+def mask_centre_radius(mask: np.ndarray, pixel_size_angstrom: float, threshold: float = 0.5) -> tuple[np.ndarray, float]:
+    """Centre and radius of a (soft) mask, to place a patch that was given as a mask.
+
+    Parameters
+    ----------
+    mask : (D, H, W) values in [0, 1], indexed ``[z, y, x]``.
+    pixel_size_angstrom : voxel size (Å).
+    threshold : voxels with ``mask >= threshold`` count for the radius.
+
+    Returns
+    -------
+    centre_angstrom : (3,) the mask's centre of mass ``(x, y, z)`` in Å from voxel ``box // 2``
+        (as :class:`PatchLayout` centres).
+    radius_angstrom : distance from that centre to the farthest voxel with ``mask >= threshold`` (Å).
+    """
+    m = np.asarray(mask, dtype=np.float64)
+    if m.ndim != 3:
+        raise ValueError(f"need a (D, H, W) mask, got shape {m.shape}")
+    total = m.sum()
+    if not total > 0:
+        raise ValueError("the mask is empty (sums to 0): it has no centre")
+    grid = np.stack(np.meshgrid(*(np.arange(n) - n // 2 for n in m.shape), indexing="ij"), -1)  # (D, H, W, 3) z, y, x
+    centre_zyx = (grid * m[..., None]).reshape(-1, 3).sum(0) / total
+    inside = grid[m >= threshold] if (m >= threshold).any() else grid[m > 0]
+    radius_px = float(np.linalg.norm(inside - centre_zyx, axis=1).max())
+    return centre_zyx[::-1] * pixel_size_angstrom, radius_px * pixel_size_angstrom
 
 
 def composite_half_maps(patch_maps: torch.Tensor, masks: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:

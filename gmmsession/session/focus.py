@@ -3,8 +3,9 @@
 A thin object: it turns the user's mask into a volume on the session's grid and runs the
 session's refinement loop with it (:meth:`Session._refine`), where the GMM reference is
 widened outside the mask (``sigma / (0.25 + 0.75 M)``) after every fit. Afterwards the
-session's poses, half maps, GMMs and ``export_star()`` are the focused result; the history
-records the whole-map and the focus-region FSC of every iteration.
+session's poses, half maps, GMMs and ``export_star()`` are the focused result, and
+``session.focus_mask`` is the mask; the history records the whole-map and the focus-region
+FSC of every iteration.
 """
 
 from __future__ import annotations
@@ -83,12 +84,15 @@ class Focus:
     ) -> StepRecord:
         """Focused refinement (paper: 3 iterations). Keeps only iterations that improve the FSC
         within the focus mask; ``solvent_mask`` is used for the whole-map FSC that is reported
-        alongside. Returns the step record (``refine_focus``)."""
-        return self._session._refine(
+        alongside. Returns the step record (``refine_focus``); the mask becomes the session's
+        :attr:`~gmmsession.Session.focus_mask` (saved with it; ``Patches.add`` uses it)."""
+        step = self._session._refine(
             "refine_focus", n_iter, mask=solvent_mask, focus_mask=self.mask.values, align=align, chunk_size=chunk_size,
             patience=patience, gmm_fit_steps=gmm_fit_steps, device=device, progress=progress,
             extra_params={"focus_mask": self.source, "focus_mask_volume_fraction": float(self.mask.values.mean())},
         )
+        self._session.focus_mask = self.mask
+        return step
 
     def _repr_html_(self) -> str:
         from gmmsession.session.display import html_for
