@@ -109,7 +109,7 @@ class Session:
         self._set = particle_set
         self._latent = latent
         self._device = None if device is None else torch.device(device)
-        self.last_heterogeneity: Heterogeneity | None = None  # the models of the last heterogeneity() (not saved)
+        self.last_heterogeneity: Heterogeneity | None = None  # the models of the last heterogeneity() (saved)
         self.last_patches: Patches | None = None  # the last patches() object, its layout, masks and results (saved)
         self.focus_mask: xr.DataArray | None = None  # (z, y, x) mask of the last focus(mask).refine() (saved)
         self.history = history if history is not None else History()
@@ -553,7 +553,7 @@ class Session:
     def conf_to_pose(self, mask: Any, *, reconstruct: bool = True, progress: bool = True) -> StepRecord:
         """Turn each particle's conformation of the masked region into a change of its pose.
 
-        Uses the models of the last :meth:`heterogeneity` (same session, networks in memory):
+        Uses the models of the last :meth:`heterogeneity` (this session's, or reopened with it):
         per half, the decoder's GMM at each particle's latent point is rigidly superposed onto
         the neutral GMM over the Gaussians inside ``mask`` (weighted Kabsch,
         :func:`~gmmsession.algorithms.heterogeneity.conformation_poses`), and the particle's
@@ -568,7 +568,7 @@ class Session:
 
         het = self.last_heterogeneity
         if het is None or self.latent is None:
-            raise RuntimeError("conf_to_pose needs the models of session.heterogeneity() run in this session (networks are not saved)")
+            raise RuntimeError("conf_to_pose needs the networks and latent vectors of session.heterogeneity() (this session or a saved one)")
         volume = torch.as_tensor(np.asarray(self.focus(mask).mask.values), dtype=torch.float32)
         start = particle_tensors(self.particles, self.optics, dtype=torch.float32)
         rotation, origin = start.rotation.clone(), start.origin_angstrom.clone()
@@ -599,7 +599,7 @@ class Session:
     @property
     def latent(self) -> xr.DataArray | None:
         """Latent vectors (particle, latent_dim) of the last :meth:`heterogeneity` (saved with the
-        session; the networks are not); None before one, or once the particle set has changed
+        session, as are the networks); None before one, or once the particle set has changed
         (e.g. :meth:`expand_symmetry`), since then the rows no longer match the particles."""
         z = self._latent
         if z is None or not np.array_equal(z["particle"].values, self.particles["particle"].values):
