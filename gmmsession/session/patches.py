@@ -5,7 +5,12 @@ patch is refined from the same starting state (the session when ``patches()`` wa
 normally the global result) with its soft spherical mask as the focus mask; every patch's
 result (poses, half maps, GMMs, step record) is kept in ``p.results``. After ``refine()`` the
 session is back at the starting state; ``composite()`` then makes the mask-weighted composite
-half maps the session's half maps. ``export_star(i, path)`` writes patch ``i``'s poses.
+half maps the session's half maps. ``export_star(i, path)`` writes patch ``i``'s poses. ``add(source, mask)`` adds a
+result made elsewhere (e.g. a focused refinement of one domain) as one more patch.
+
+The session keeps its last ``Patches`` as ``session.last_patches``; saving the session saves the
+layout, masks, starting state and every patch's result (:meth:`Patches._to_groups`), so a
+reopened session's patches compose and export as before.
 
 A patch whose mask covers every Gaussian (always so for ``k = 1``) has nothing to focus on: its
 width mask changes no Gaussian, so it runs as global refinement (solvent-mask FSC), and ``k = 1``
@@ -14,6 +19,7 @@ reproduces :meth:`Session.refine_global`.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -24,9 +30,11 @@ import torch
 import xarray as xr
 
 from gmmsession.algorithms.align import AlignConfig
-from gmmsession.algorithms.patches import PatchLayout, composite_half_maps, patch_layout, patch_masks
+from gmmsession.algorithms.patches import PatchLayout, composite_half_maps, mask_centre_radius, patch_layout, patch_masks
 from gmmsession.data.bridge import half_maps_dataarray
+from gmmsession.data.errors import GmmsessionInputError
 from gmmsession.data.gmm import gmm_to_tensors
+from gmmsession.session.focus import Focus
 from gmmsession.session.history import StepRecord, Timer
 from gmmsession.session.session import _mask_label
 
@@ -35,13 +43,14 @@ __all__ = ["Patches", "PatchResult"]
 
 @dataclass(frozen=True)
 class PatchResult:
-    """One patch's refinement: its step record and the session state it ended in."""
+    """One patch's refinement (or added result): its step record and the session state it ended in
+    (``gmm`` is None for an added result without GMMs)."""
 
     index: int
     step: StepRecord
     particles: xr.Dataset
     half_maps: xr.DataArray
-    gmm: xr.Dataset
+    gmm: xr.Dataset | None
 
 
 class Patches:
@@ -51,8 +60,10 @@ class Patches:
     ----------
     layout : :class:`~gmmsession.algorithms.patches.PatchLayout` (labels, centres, radii in Å).
     points_angstrom : (N, 3) the Gaussian centres of both halves that were clustered (``layout.labels`` order).
-    masks : xarray.DataArray (patch, z, y, x), the soft spherical masks, the same for both halves.
-    results : {patch index: PatchResult} of the patches refined so far.
+    masks : xarray.DataArray (patch, z, y, x), the soft spherical masks, the same for both halves
+        (and the masks of added patches).
+    results : {patch index: PatchResult} of the patches refined (or added) so far.
+    added : {patch index: where its mask came from} of the patches given with :meth:`add`.
     """
 
     def __init__(self, session: Any, k: int = 8, seed: int = 0) -> None:
@@ -69,6 +80,7 @@ class Patches:
         self.masks = xr.DataArray(masks.numpy(), dims=("patch", *hm.dims), coords={"patch": np.arange(k), **hm.coords},
                                   name="patch_masks")
         self.results: dict[int, PatchResult] = {}
+        self.added: dict[int, str] = {}
 
     @property
     def k(self) -> int:
@@ -98,11 +110,13 @@ class Patches:
     ) -> list[StepRecord]:
         """Focused refinement of each patch (paper: 3 iterations), each from the starting state.
 
-        ``patches`` selects which (default: all). Returns the step records (``refine_patch``);
-        the session is left at the starting state (call :meth:`composite`).
+        ``patches`` selects which (default: all but the :attr:`added` ones, whose results came
+        from elsewhere; naming one refines it from the starting state with its mask, replacing
+        that result). Returns the step records (``refine_patch``); the session is left at the
+        starting state (call :meth:`composite`).
         """
         s = self._session
-        todo = list(range(self.k)) if patches is None else [int(i) for i in patches]
+        todo = [i for i in range(self.k) if i not in self.added] if patches is None else [int(i) for i in patches]
         bad = [i for i in todo if not 0 <= i < self.k]
         if bad:
             raise ValueError(f"patch indices {bad} out of range 0..{self.k - 1}")
@@ -144,7 +158,8 @@ class Patches:
         start_res = float(self._start_fsc(solvent_mask).attrs["resolution_angstrom"])
         s._record(
             "patch_composite",
-            {"k": self.k, "refined_patches": sorted(self.results), "mask": _mask_label(solvent_mask)},
+            {"k": self.k, "refined_patches": sorted(self.results), "added_patches": sorted(self.added),
+             "mask": _mask_label(solvent_mask)},
             t,
             {"start_resolution_angstrom": start_res, "resolution_angstrom": float(fsc.attrs["resolution_angstrom"])},
             {"shell_resolution_angstrom": fsc["resolution_angstrom"].values.tolist(), "fsc": fsc.values.tolist()},
@@ -152,13 +167,87 @@ class Patches:
         return s.history.last()
 
     def _start_fsc(self, solvent_mask: Any) -> xr.DataArray:
+        return self._fsc_of(self._start, solvent_mask)
+
+    def _fsc_of(self, state: dict[str, Any], mask: Any) -> xr.DataArray:
+        """The session's FSC for the half maps of ``state`` (the session is left as it was)."""
         s = self._session
         now = s._state()
         try:
-            s._set_state(self._start)
-            return s.fsc(mask=solvent_mask)
+            s._set_state(state)
+            return s.fsc(mask=mask)
         finally:
             s._set_state(now)
+
+    def add(self, source: Any, mask: Any = None) -> StepRecord:
+        """Add ``source``'s current state (poses, half maps, GMMs) as one more patch, with ``mask``.
+
+        For results made outside the patch loop, e.g. ``s.focus(domain).refine()`` or
+        ``s.conf_to_pose(domain)``: ``p.add(s)`` merges that domain's result into the composite.
+
+        Parameters
+        ----------
+        source : a Session on the same grid (box, pixel size) with the same particles as this
+            one's (it may be this session itself); its state now becomes the patch's result.
+        mask : where the result is good: an MRC path, an array or DataArray (z, y, x) in [0, 1] on
+            the session grid, or a boolean over ``source``'s Gaussians, resolved as
+            :meth:`Session.focus` does. None: ``source.focus_mask``, the mask of its last
+            ``focus(mask).refine()``; an error if it has none.
+
+        The patch gets the next index (``k`` before the call), its mask is appended to
+        :attr:`masks` and :meth:`composite` weights it like the others. Its layout centre is the
+        mask's centre of mass and its radius the distance from there to the farthest voxel with
+        mask >= 0.5 (:func:`~gmmsession.algorithms.patches.mask_centre_radius`); no clustered
+        Gaussian is labelled with it. Records ``patch_add`` (the focus-region resolution of the
+        starting state and of the added result in the mask) and returns that record.
+        """
+        s = self._session
+        if mask is None:
+            volume = getattr(source, "focus_mask", None)
+            if volume is None:
+                raise GmmsessionInputError(
+                    "no mask given and the source session has no focus_mask (set by its last "
+                    "focus(mask).refine()): pass the region as add(source, mask=...)"
+                )
+            label = f"focus_mask ({volume.attrs.get('source', 'unknown')})"
+        else:
+            focus = Focus(source, mask)
+            volume, label = focus.mask, focus.source
+        state = source._state()
+        start_maps = self._start["half_maps"]
+        if state["half_maps"] is None:
+            raise RuntimeError("the source session has no half maps: call reconstruct() on it first")
+        if state["half_maps"].shape != start_maps.shape or not np.isclose(source.pixel_size_angstrom, s.pixel_size_angstrom):
+            raise GmmsessionInputError(
+                f"the source's half maps {tuple(state['half_maps'].shape)} at {source.pixel_size_angstrom} Å are not on this "
+                f"session's grid {tuple(start_maps.shape)} at {s.pixel_size_angstrom} Å"
+            )
+        if tuple(volume.shape) != tuple(start_maps.shape[1:]):
+            raise GmmsessionInputError(f"the mask has shape {tuple(volume.shape)}, the half maps {tuple(start_maps.shape[1:])}")
+        n_src, n_start = int(state["particles"].sizes["particle"]), int(self._start["particles"].sizes["particle"])
+        if n_src != n_start:
+            raise GmmsessionInputError(f"the source has {n_src} particles, these patches' session {n_start}: not the same particles")
+        i = self.k
+        with Timer() as t:
+            values = np.asarray(volume.values, dtype=self.masks.dtype)
+            centre, radius = mask_centre_radius(values, s.pixel_size_angstrom)
+            start_fsc, fsc = self._fsc_of(self._start, values), self._fsc_of(state, values)
+        new = xr.DataArray(values[None], dims=self.masks.dims, coords={**self.masks.coords, "patch": [i]}, name=self.masks.name)
+        self.masks = xr.concat([self.masks, new], dim="patch")
+        self.layout = PatchLayout(labels=self.layout.labels, centres_angstrom=np.vstack([self.layout.centres_angstrom, centre]),
+                                  radii_angstrom=np.append(self.layout.radii_angstrom, radius))
+        self.added[i] = label
+        s._record(
+            "patch_add",
+            {"patch": i, "k": self.k, "mask": label, "patch_centre_angstrom": centre.tolist(), "patch_radius_angstrom": radius},
+            t,
+            {"start_focus_resolution_angstrom": float(start_fsc.attrs["resolution_angstrom"]),
+             "focus_resolution_angstrom": float(fsc.attrs["resolution_angstrom"])},
+            {"fsc_focus_start": start_fsc.values.tolist(), "fsc_focus": fsc.values.tolist()},
+        )
+        step = s.history.last()
+        self.results[i] = PatchResult(i, step, state["particles"], state["half_maps"], state["gmm"])
+        return step
 
     def export_star(self, i: int, path: str | os.PathLike) -> os.PathLike:
         """Write the input's tables with patch ``i``'s refined poses (RELION star, atomic)."""
@@ -173,13 +262,14 @@ class Patches:
             s._set_state(now)
 
     def summary(self) -> pd.DataFrame:
-        """One row per patch: centre and radius (Å), Gaussians, and, once refined, the focus-region
-        resolution before and after."""
+        """One row per patch: centre and radius (Å), clustered Gaussians, origin (``"k-means"`` or
+        the added mask), and, once refined or added, the focus-region resolution before and after."""
         rows = []
         for i in range(self.k):
             c = self.layout.centres_angstrom[i]
             row = {"x_angstrom": c[0], "y_angstrom": c[1], "z_angstrom": c[2], "radius_angstrom": self.layout.radii_angstrom[i],
-                   "n_gaussians": int((self.layout.labels == i).sum()), "refined": i in self.results}
+                   "n_gaussians": int((self.layout.labels == i).sum()), "refined": i in self.results,
+                   "origin": f"added: {self.added[i]}" if i in self.added else "k-means"}
             if i in self.results:
                 m = self.results[i].step.metrics
                 row["start_resolution_angstrom"] = m.get("start_focus_resolution_angstrom", m.get("start_resolution_angstrom"))
@@ -207,4 +297,59 @@ class Patches:
 
     def __repr__(self) -> str:
         radii = ", ".join(f"{r:.0f}" for r in self.layout.radii_angstrom)
-        return f"Patches(k={self.k}, radii Å [{radii}], refined {sorted(self.results)})"
+        added = f", added {sorted(self.added)}" if self.added else ""
+        return f"Patches(k={self.k}, radii Å [{radii}], refined {sorted(self.results)}{added})"
+
+    # ------------------------------------------------------------------ saving (gmmsession.session.store)
+    def _to_groups(self) -> dict[str, xr.Dataset]:
+        """The netCDF groups that save these patches: ``patches`` (layout, masks, added sources and
+        step records as JSON attributes), ``patches_start_*`` (the starting state) and
+        ``patch_<i>_*`` (each result), ``*`` being ``particles``, ``half_maps`` and ``gmm``."""
+        lay = self.layout
+        layout = xr.Dataset(
+            {
+                "masks": self.masks.rename(None),
+                "centres_angstrom": (("patch", "xyz"), np.asarray(lay.centres_angstrom, dtype=np.float64)),
+                "radii_angstrom": ("patch", np.asarray(lay.radii_angstrom, dtype=np.float64)),
+                "labels": ("point", np.asarray(lay.labels, dtype=np.int64)),
+                "points_angstrom": (("point", "xyz"), np.asarray(self.points_angstrom, dtype=np.float64)),
+            },
+            attrs={
+                "added": json.dumps({str(i): v for i, v in self.added.items()}),
+                "steps": json.dumps({str(i): r.step.to_dict() for i, r in self.results.items()}),
+            },
+        )
+        groups = {"patches": layout, **_state_groups("patches_start", self._start)}
+        for i, r in self.results.items():
+            groups.update(_state_groups(f"patch_{i}", {"particles": r.particles, "half_maps": r.half_maps, "gmm": r.gmm}))
+        return groups
+
+    @classmethod
+    def _from_groups(cls, session: Any, groups: dict[str, xr.Dataset]) -> "Patches":
+        """Patches of a reopened ``session`` from the groups :meth:`_to_groups` wrote (no K-means is run)."""
+        lay = groups["patches"]
+        p = cls.__new__(cls)
+        p._session = session
+        p._start = _state_from_groups("patches_start", groups)
+        p.layout = PatchLayout(labels=lay["labels"].values.astype(np.int64), centres_angstrom=lay["centres_angstrom"].values,
+                               radii_angstrom=lay["radii_angstrom"].values)
+        p.points_angstrom = lay["points_angstrom"].values
+        p.masks = lay["masks"].rename("patch_masks")
+        p.added = {int(i): v for i, v in json.loads(lay.attrs["added"]).items()}
+        p.results = {}
+        for i, d in json.loads(lay.attrs["steps"]).items():
+            st = _state_from_groups(f"patch_{i}", groups)
+            p.results[int(i)] = PatchResult(int(i), StepRecord.from_dict(d), st["particles"], st["half_maps"], st["gmm"])
+        return p
+
+
+def _state_groups(prefix: str, state: dict[str, Any]) -> dict[str, xr.Dataset]:
+    groups = {f"{prefix}_particles": state["particles"], f"{prefix}_half_maps": state["half_maps"].to_dataset(name="half_maps")}
+    if state["gmm"] is not None:
+        groups[f"{prefix}_gmm"] = state["gmm"]
+    return groups
+
+
+def _state_from_groups(prefix: str, groups: dict[str, xr.Dataset]) -> dict[str, Any]:
+    return {"particles": groups[f"{prefix}_particles"], "half_maps": groups[f"{prefix}_half_maps"]["half_maps"],
+            "gmm": groups.get(f"{prefix}_gmm")}

@@ -6,6 +6,9 @@ Layout of a ``.gmms`` file:
   ``source`` (JSON: the input tables needed for a lossless export);
 * groups ``particles``, ``optics`` (xarray Datasets), ``half_maps``, ``gmm``, ``latent`` and
   ``heterogeneity`` (the last heterogeneity networks as ``torch.save`` bytes) (when present),
+  ``focus_mask`` (the last focused refinement's mask), ``patches`` (the last ``patches()``: layout,
+  masks, added sources, step records) with ``patches_start_<x>`` and ``patch_<i>_<x>`` (its
+  starting state and each patch's result; ``<x>`` is ``particles``, ``half_maps``, ``gmm``),
   ``source_block_<i>`` / ``source_cs`` (the input tables).
 
 Files are written to a temporary name beside the target and renamed (atomic). A file written
@@ -56,6 +59,11 @@ def save_session(session, path: str | os.PathLike) -> Path:
         if session.latent is not None:
             _clean_for_netcdf(session.latent.to_dataset(name="latent")).to_netcdf(tmp, group="latent", engine="h5netcdf", mode="a")
         _write_heterogeneity(tmp, session)
+        if session.focus_mask is not None:
+            _clean_for_netcdf(session.focus_mask.to_dataset(name="focus_mask")).to_netcdf(tmp, group="focus_mask", engine="h5netcdf", mode="a")
+        if session.last_patches is not None:
+            for group, ds in session.last_patches._to_groups().items():
+                _clean_for_netcdf(ds).to_netcdf(tmp, group=group, engine="h5netcdf", mode="a")
         with h5netcdf.File(tmp, "a") as f:
             f.attrs["gmmsession_format"] = FORMAT_VERSION
             f.attrs["gmmsession_version"] = __version__
@@ -99,6 +107,7 @@ def open_session(path: str | os.PathLike, *, device=None):
     latent = _load(path, "latent")["latent"] if "latent" in groups else None
     pset = ParticleSet(particles=particles, optics=optics, source=_read_source(path, attrs["source"]))
     session = Session(pset, device=device, history=History.from_json(attrs["history"]), half_maps=half_maps, gmm=gmm, latent=latent)
+    _read_focus_and_patches(session, path, groups)
     _read_heterogeneity(session, path, groups)
     return session
 
@@ -120,6 +129,17 @@ def _read_heterogeneity(session, path: Path, groups: set[str]) -> None:
 
     if "heterogeneity" in groups:
         session.last_heterogeneity = Heterogeneity.from_bytes(session, _load(path, "heterogeneity")["torch"].values.tobytes())
+
+
+def _read_focus_and_patches(session, path: Path, groups: set[str]) -> None:
+    """``session.focus_mask`` and ``session.last_patches`` from their groups (files without them: None)."""
+    from gmmsession.session.patches import Patches
+
+    if "focus_mask" in groups:
+        session.focus_mask = _load(path, "focus_mask")["focus_mask"]
+    if "patches" in groups:
+        names = [g for g in groups if g == "patches" or g.startswith(("patches_", "patch_"))]
+        session.last_patches = Patches._from_groups(session, {g: _load(path, g) for g in names})
 
 
 def _load(path: Path, group: str) -> xr.Dataset:
