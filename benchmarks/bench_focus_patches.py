@@ -29,6 +29,7 @@ On a slow CPU, run the global stage first into a folder; later runs load it from
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import tempfile
 import time
@@ -84,7 +85,9 @@ def main() -> None:
     ap.add_argument("--hinge", type=float, default=10.0, help="hinge range, +- degrees")
     ap.add_argument("--angle", type=float, default=2.0)
     ap.add_argument("--shift", type=float, default=1.0, help="pixels")
-    ap.add_argument("--k", type=int, default=4)
+    ap.add_argument("--k", type=int, nargs="+", default=[4], help="patch counts (several: one patch run each)")
+    ap.add_argument("--patch-patience", type=int, default=1,
+                    help="patch refinement stops after this many iterations without FSC gain in the patch mask")
     ap.add_argument("--seed", type=int, default=17)
     ap.add_argument("--n-gaussians", type=int, default=None,
                     help="Gaussians per GMM (default: the model's atom count, the paper's rule; 0: estimated from the resolution)")
@@ -92,11 +95,10 @@ def main() -> None:
                     help="folder for the data and the global session (default: a new temporary one); when "
                          "global.gmms is already there it is loaded instead of run, so a long experiment can go in "
                          "several runs")
-    ap.add_argument("--focus-lr", type=float, nargs="+", default=[None],
-                    help="focused refinement's Adam learning rate (rad); several values run several focused refinements "
-                         "from the same global result (default: AlignConfig's)")
-    ap.add_argument("--focus-steps", type=int, default=None, help="Adam steps per particle in focused and patch refinement")
-    ap.add_argument("--patch-lr", type=float, default=None, help="learning rate of the patch refinements")
+    ap.add_argument("--focus-align", nargs="+", default=["default"],
+                    help="AlignConfig settings of the focused refinement, e.g. 'learning_rate=0.05,n_steps=20'; several "
+                         "run several focused refinements from the same global result ('default': AlignConfig())")
+    ap.add_argument("--patch-align", default="default", help="AlignConfig settings of the patch refinements")
     ap.add_argument("--stages", default="global,focus,patches", help="comma-separated stages to run or load")
     args = ap.parse_args()
     stages = set(args.stages.split(","))
@@ -158,32 +160,47 @@ def main() -> None:
         s.refine_global(n_iter=5, mask=sim.mask, progress=False)
         return s
 
-    def align_config(lr: float | None) -> AlignConfig:
-        kw = {} if lr is None else {"learning_rate": lr}
-        if args.focus_steps is not None:
-            kw["n_steps"] = args.focus_steps
+    def align_config(spec: str) -> AlignConfig:
+        """AlignConfig from 'key=value,key=value' (values parsed as Python literals, else strings)."""
+        kw: dict[str, Any] = {}
+        for item in filter(None, ("" if spec == "default" else spec).split(",")):
+            key, value = item.split("=", 1)
+            try:
+                kw[key.strip()] = ast.literal_eval(value.strip())
+            except (ValueError, SyntaxError):
+                kw[key.strip()] = value.strip()
         return AlignConfig(**kw)
 
-    def run_focus(lr: float | None):
+    def run_focus(spec: str):
         f = gs.open_session(work / "global.gmms")
-        f.focus(moving_mask_path).refine(n_iter=3, solvent_mask=sim.mask, progress=False, align=align_config(lr))
+        f.focus(moving_mask_path).refine(n_iter=3, solvent_mask=sim.mask, progress=False, align=align_config(spec))
         return f
 
-    def run_patches():
+    def run_patches(k: int):
         p_s = gs.open_session(work / "global.gmms")
-        p = p_s.patches(k=args.k)
-        p.refine(n_iter=3, solvent_mask=sim.mask, progress=False, align=align_config(args.patch_lr))
+        p = p_s.patches(k=k)
+        p.refine(n_iter=3, solvent_mask=sim.mask, progress=False, align=align_config(args.patch_align), patience=args.patch_patience)
         p.composite(solvent_mask=sim.mask)
+        table = p.summary()
+        table["moving_domain_fraction"] = [float((m * moving_np).sum() / m.sum()) for m in p.masks.values]
+        table["iterations"] = [len(r.step.curves.get("iteration_improved", [])) if i in p.results else 0 for i, r in
+                               ((i, p.results.get(i)) for i in range(p.k))]
+        table["accepted"] = [p.results[i].step.metrics.get("accepted_iteration") if i in p.results else None for i in range(p.k)]
+        table["focus_res_per_iteration"] = [
+            " ".join(f"{v:.2f}" for v in p.results[i].step.curves.get("iteration_focus_resolution_angstrom",
+                                                                         p.results[i].step.curves.get("iteration_resolution_angstrom", [])))
+            if i in p.results else "" for i in range(p.k)]
+        print(table.round(2).to_string(), flush=True)
         return p_s
 
     s = stage("global", run_global, cache=True)
     glob = report("global", s)
     res: dict[str, dict] = {}
     if "focus" in stages:
-        for j, lr in enumerate(args.focus_lr):
-            name = "focused" if j == 0 else f"focused_lr{lr:g}"
-            f = stage(name, lambda lr=lr: run_focus(lr))
-            tag = "focused (moving)" if lr is None else f"focused lr {lr:g}"
+        for j, spec in enumerate(args.focus_align):
+            name = "focused" if j == 0 else f"focused_{j}"
+            f = stage(name, lambda spec=spec: run_focus(spec))
+            tag = "focused (moving)" if spec == "default" else f"focused {spec}"
             out = report(tag, f)
             if j == 0 or out["moving domain vs truth @0.5 (Å)"] < res["focus"]["moving domain vs truth @0.5 (Å)"]:
                 res["focus"] = out  # the acceptance lines use the best focused run
@@ -193,10 +210,14 @@ def main() -> None:
                   f"{tag}: {timings.get(name, float('nan')):.0f} s, {np.mean(f_it):.1f} s/iteration ({len(f_it)} iterations); "
                   f"ratio focused/global per iteration {np.mean(f_it) / np.mean(g_it):.2f}")
     if "patches" in stages:
-        p_s = stage("patches", run_patches)
-        res["patches"] = report(f"patches K={args.k}", p_s, poses=False)
-        if "focused" in timings:
-            print(f"patches K={args.k}: {timings['patches']:.0f} s = {timings['patches'] / timings['focused']:.2f} x one focused run")
+        for k in args.k:
+            name = "patches" if k == args.k[0] else f"patches_k{k}"
+            p_s = stage(name, lambda k=k: run_patches(k))
+            out = report(f"patches K={k}", p_s, poses=False)
+            if "patches" not in res or out["moving domain vs truth @0.5 (Å)"] < res["patches"]["moving domain vs truth @0.5 (Å)"]:
+                res["patches"] = out
+            if "focused" in timings:
+                print(f"patches K={k}: {timings[name]:.0f} s = {timings[name] / timings['focused']:.2f} x one focused run")
     key, lr_key = "moving domain vs truth @0.5 (Å)", "local resolution moving domain, median (Å)"
     print("\nacceptance:")
     if "focus" in res:
