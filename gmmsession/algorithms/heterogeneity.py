@@ -50,7 +50,7 @@ from gmmsession.data.gmm import GmmTensors
 from gmmsession.algorithms.align import ScoringGrid, prepare_batch, scoring_grid
 from gmmsession.kernels.conventions import image_shift_angstrom_from_origin, origin_angstrom_from_image_shift
 from gmmsession.kernels.gmm import project_gaussians_rfft_2d
-from gmmsession.kernels.rotations import geodesic_angle_deg, kabsch_superposition
+from gmmsession.kernels.rotations import geodesic_angle_deg, kabsch_superposition, rotvec_to_matrix
 
 __all__ = [
     "HeterogeneityConfig",
@@ -69,6 +69,8 @@ __all__ = [
     "refine_latent",
     "latent_pca",
     "conformation_poses",
+    "refine_conformation_poses",
+    "projected_rmsd_angstrom",
 ]
 
 
@@ -457,3 +459,110 @@ def conformation_poses(
     shift = image_shift_angstrom_from_origin(origin_angstrom.to(dtype)) + (a @ t[..., None])[..., :2, 0]
     angle = geodesic_angle_deg(r, torch.eye(3, dtype=dtype).expand_as(r))
     return new_rotation.to(rotation.dtype), origin_angstrom_from_image_shift(shift).to(origin_angstrom.dtype), angle.to(rotation.dtype)
+
+
+def projected_rmsd_angstrom(
+    rotation_new: torch.Tensor,
+    shift_new_angstrom: torch.Tensor,
+    target_xy_angstrom: torch.Tensor,
+    neutral_angstrom: torch.Tensor,
+    weights: torch.Tensor,
+) -> torch.Tensor:
+    """(n,) weighted RMS distance (Å) between the neutral centres projected at ``rotation_new``
+    (n, 3, 3) shifted by ``shift_new_angstrom`` (n, 2) and ``target_xy_angstrom`` (n, G, 2),
+    weights (G,) (normalised here)."""
+    seen = (neutral_angstrom @ rotation_new.transpose(-1, -2))[..., :2] + shift_new_angstrom[:, None, :]
+    w = weights / weights.sum()
+    return ((seen - target_xy_angstrom).square().sum(-1) * w).sum(-1).clamp_min(0).sqrt()
+
+
+def refine_conformation_poses(
+    rotation_old: torch.Tensor,
+    origin_old_angstrom: torch.Tensor,
+    rotation_init: torch.Tensor,
+    origin_init_angstrom: torch.Tensor,
+    neutral_angstrom: torch.Tensor,
+    conformation_angstrom: torch.Tensor,
+    weights: torch.Tensor,
+    n_steps: int = 30,
+    learning_rate: float = 1e-3,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The paper's conformation -> pose step: per particle, Adam on the new pose so that the
+    masked region's projection matches (paper: 30 steps, learning rate 1e-3), started from
+    :func:`conformation_poses` (the exact 3D superposition).
+
+    What is compared: the particle image shows the *conformational* GMM at the old pose; the
+    new pose is the one at which the *neutral* GMM's masked region projects to the same place.
+    So the RMSD is between ``(A_old c_j)_xy + s_old`` (conformational centres ``c_j`` at the old
+    pose) and ``(A_new n_j)_xy + s_new`` (neutral centres ``n_j`` at the new pose), over the
+    masked Gaussians weighted by ``weights`` (the caller's mask x mass), with ``s = -origin``
+    (:func:`~gmmsession.kernels.conventions.image_shift_angstrom_from_origin`). The paper's
+    formula reads ``Project(neutral, old) - Project(conf, new)``; taken literally that solves
+    for the inverse motion (``A R^-1`` instead of ``A R``), which contradicts both the 3D
+    superposition and its stated purpose (the neutral frame made to fit each particle), so the
+    roles are as above. "Projection" here is the projected *centres*, not rendered images: for
+    a rigidly moved region with unchanged widths and amplitudes the two have the same
+    minimiser, the centres need no grid or box, and the RMSD is in Å. Where the decoded region
+    is not rigid, the 2D fit weights the in-plane error only, which is what the image sees;
+    that is what the refinement can add to the 3D fit.
+
+    Parameterisation as :mod:`gmmsession.algorithms.align`: ``A_new = rotvec_to_matrix(delta)
+    @ A_init`` and ``s_new = s_init + u L``, with ``L`` the weighted RMS radius (Å) of the
+    masked neutral centres about the map origin (so a unit of ``u`` moves the region as much as a
+    radian of ``delta``; Adam's steps are then comparable in both). Computed in float64: at
+    an exact optimum the gradient is rounding noise, far below Adam's ``eps``, so the pose
+    stays put; the best pose seen per particle (the start included) is returned, so the RMSD
+    never gets worse.
+
+    Parameters
+    ----------
+    rotation_old : (n, 3, 3) RELION matrices the particles had; origin_old_angstrom : (n, 2).
+    rotation_init, origin_init_angstrom : the start (:func:`conformation_poses`), same shapes.
+    neutral_angstrom : (G, 3); conformation_angstrom : (n, G, 3); weights : (G,) >= 0, not all 0.
+    n_steps, learning_rate : Adam steps and rate (0 steps: the start is returned).
+
+    Returns
+    -------
+    (rotations (n, 3, 3), origins (n, 2) Å, RMSD at the start (n,) Å, RMSD at the result (n,) Å),
+    in the dtypes of ``rotation_old`` / ``origin_old_angstrom``.
+    """
+    n = rotation_old.shape[0]
+    if rotation_old.shape != (n, 3, 3) or rotation_init.shape != (n, 3, 3):
+        raise ValueError(f"rotations must have shape (n, 3, 3), got {tuple(rotation_old.shape)} and {tuple(rotation_init.shape)}")
+    if origin_old_angstrom.shape != (n, 2) or origin_init_angstrom.shape != (n, 2):
+        raise ValueError(f"origins must have shape ({n}, 2), got {tuple(origin_old_angstrom.shape)} and {tuple(origin_init_angstrom.shape)}")
+    if conformation_angstrom.shape != (n, *neutral_angstrom.shape) or neutral_angstrom.shape[-1:] != (3,):
+        raise ValueError(f"need neutral (G, 3) and conformation ({n}, G, 3), got {tuple(neutral_angstrom.shape)}, {tuple(conformation_angstrom.shape)}")
+    if weights.shape != neutral_angstrom.shape[:1] or not float(weights.sum()) > 0:
+        raise ValueError(f"weights must have shape ({neutral_angstrom.shape[0]},) and a positive sum, got {tuple(weights.shape)}")
+    dtype = torch.float64
+    neutral, w = neutral_angstrom.to(dtype), weights.to(dtype).clamp_min(0)
+    target = (conformation_angstrom.to(dtype) @ rotation_old.to(dtype).transpose(-1, -2))[..., :2]
+    target = target + image_shift_angstrom_from_origin(origin_old_angstrom.to(dtype))[:, None, :]
+    rot0 = rotation_init.to(dtype)
+    shift0 = image_shift_angstrom_from_origin(origin_init_angstrom.to(dtype))
+    length = float(((neutral.square().sum(-1) * w).sum() / w.sum()).sqrt().clamp_min(1.0))
+
+    def msd(theta: torch.Tensor) -> torch.Tensor:
+        rot = rotvec_to_matrix(theta[:, :3]) @ rot0
+        return projected_rmsd_angstrom(rot, shift0 + theta[:, 3:] * length, target, neutral, w).square()
+
+    theta = torch.zeros(n, 5, dtype=dtype, device=neutral.device, requires_grad=True)
+    opt = torch.optim.Adam([theta], lr=learning_rate)
+    with torch.no_grad():
+        start = best = msd(theta)
+    best_theta = theta.detach().clone()
+    for _ in range(n_steps):
+        with torch.enable_grad():
+            opt.zero_grad(set_to_none=True)
+            msd(theta).sum().backward()  # per-particle terms: gradients do not mix
+        opt.step()
+        with torch.no_grad():
+            now = msd(theta)
+            better = now < best
+            best = torch.where(better, now, best)
+            best_theta = torch.where(better[:, None], theta.detach(), best_theta)
+    rotation = rotvec_to_matrix(best_theta[:, :3]) @ rot0
+    origin = origin_angstrom_from_image_shift(shift0 + best_theta[:, 3:] * length)
+    return (rotation.to(rotation_old.dtype), origin.to(origin_old_angstrom.dtype),
+            start.sqrt().to(rotation_old.dtype), best.sqrt().to(rotation_old.dtype))

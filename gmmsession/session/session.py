@@ -550,35 +550,47 @@ class Session:
         p["origin_y_angstrom"] = ("particle", origin_angstrom[:, 1].double().numpy(), p["origin_y_angstrom"].attrs)
         self._set.particles = p
 
-    def conf_to_pose(self, mask: Any, *, reconstruct: bool = True, progress: bool = True) -> StepRecord:
+    def conf_to_pose(
+        self, mask: Any, *, refine_steps: int = 30, refine_learning_rate: float = 1e-3, reconstruct: bool = True, progress: bool = True
+    ) -> StepRecord:
         """Turn each particle's conformation of the masked region into a change of its pose.
 
         Uses the models of the last :meth:`heterogeneity` (this session's, or reopened with it):
         per half, the decoder's GMM at each particle's latent point is rigidly superposed onto
-        the neutral GMM over the Gaussians inside ``mask`` (weighted Kabsch,
-        :func:`~gmmsession.algorithms.heterogeneity.conformation_poses`), and the particle's
-        pose becomes the pose at which the neutral region looks like its conformation. The
-        paper refines this further with 30 Adam steps on the projections; that step is not
-        implemented yet. Afterwards the session's poses are the converted ones (continue with
+        the neutral GMM over the Gaussians inside ``mask``, weighted by mask x mass (weighted
+        Kabsch, :func:`~gmmsession.algorithms.heterogeneity.conformation_poses`), and the
+        particle's pose becomes the pose at which the neutral region looks like its
+        conformation. Then, as in the paper, ``refine_steps`` Adam steps (rate
+        ``refine_learning_rate``) minimise the RMSD between the projections of the masked
+        region (:func:`~gmmsession.algorithms.heterogeneity.refine_conformation_poses`;
+        0 steps: the superposition alone). The history metrics say what the refinement added:
+        the median angle between the superposed and refined poses and the projected RMSD (Å)
+        before and after. Afterwards the session's poses are the converted ones (continue with
         ``s.focus(mask).refine()``), and with ``reconstruct`` the half maps are rebuilt from them.
 
         ``mask``: MRC path, array, or boolean over Gaussians, as for :meth:`focus`.
         """
-        from gmmsession.algorithms.heterogeneity import conformation_poses
+        from gmmsession.algorithms.heterogeneity import conformation_poses, refine_conformation_poses
+        from gmmsession.kernels.gmm import gaussian_mass_voxel_units
+        from gmmsession.kernels.rotations import geodesic_angle_deg
 
         het = self.last_heterogeneity
         if het is None or self.latent is None:
             raise RuntimeError("conf_to_pose needs the networks and latent vectors of session.heterogeneity() (this session or a saved one)")
+        if refine_steps < 0 or not refine_learning_rate > 0:
+            raise ValueError(f"need refine_steps >= 0 and refine_learning_rate > 0, got {refine_steps}, {refine_learning_rate}")
         volume = torch.as_tensor(np.asarray(self.focus(mask).mask.values), dtype=torch.float32)
-        start = particle_tensors(self.particles, self.optics, dtype=torch.float32)
+        start = particle_tensors(self.particles, self.optics, dtype=torch.float64)
         rotation, origin = start.rotation.clone(), start.origin_angstrom.clone()
-        angles = torch.zeros(rotation.shape[0])
+        kabsch_rotation = rotation.clone()
+        rmsd_kabsch, rmsd_refined = torch.zeros(rotation.shape[0], dtype=torch.float64), torch.zeros(rotation.shape[0], dtype=torch.float64)
         halves = self.particles["half"].values
         with Timer() as t:
             for h in (1, 2):
-                decoder = het.models[h][1]
+                decoder, gmm = het.models[h][1], het.gmms[h]
                 neutral = decoder.neutral.detach().cpu()
-                weights = sample_volume_at(volume, neutral, self.pixel_size_angstrom)
+                mass = gaussian_mass_voxel_units(gmm.amplitudes.cpu(), gmm.widths_angstrom.cpu(), self.pixel_size_angstrom).clamp_min(0)
+                weights = sample_volume_at(volume, neutral, self.pixel_size_angstrom) * mass
                 if float(weights.sum()) <= 0:
                     raise GmmsessionInputError(f"the mask covers no Gaussian of half {h}'s GMM")
                 idx = torch.as_tensor(np.flatnonzero(halves == h))
@@ -587,10 +599,22 @@ class Session:
                     sel = idx[b : b + 1024]
                     with torch.no_grad():
                         conf = decoder(z[b : b + 1024]).cpu()
-                    rotation[sel], origin[sel], angles[sel] = conformation_poses(rotation[sel], origin[sel], neutral, conf, weights)
+                    k_rot, k_origin, _ = conformation_poses(start.rotation[sel], start.origin_angstrom[sel], neutral, conf, weights)
+                    kabsch_rotation[sel] = k_rot
+                    rotation[sel], origin[sel], rmsd_kabsch[sel], rmsd_refined[sel] = refine_conformation_poses(
+                        start.rotation[sel], start.origin_angstrom[sel], k_rot, k_origin, neutral, conf, weights,
+                        n_steps=refine_steps, learning_rate=refine_learning_rate,
+                    )
             self._set_poses(rotation, origin)
-        self._record("conf_to_pose", {"mask": _mask_label(mask), "reconstruct": reconstruct}, t,
-                     {"median_angle_change_deg": float(angles.median()), "max_angle_change_deg": float(angles.max())})
+        angles = geodesic_angle_deg(start.rotation, rotation)
+        refined = geodesic_angle_deg(kabsch_rotation, rotation)
+        metrics = {
+            "median_angle_change_deg": float(angles.median()), "max_angle_change_deg": float(angles.max()),
+            "refine_median_angle_deg": float(refined.median()), "refine_max_angle_deg": float(refined.max()),
+            "median_rmsd_kabsch_angstrom": float(rmsd_kabsch.median()), "median_rmsd_refined_angstrom": float(rmsd_refined.median()),
+        }
+        params = {"mask": _mask_label(mask), "refine_steps": refine_steps, "refine_learning_rate": refine_learning_rate, "reconstruct": reconstruct}
+        self._record("conf_to_pose", params, t, metrics)
         record = self.history.last()
         if reconstruct:
             self.reconstruct(progress=progress)
