@@ -30,6 +30,13 @@ For each half set separately (two models that never see the other half's particl
   + latent_weight * |z|^2`` with the alignment's score (CTF-exact projection, pooled band
   correlation; :mod:`gmmsession.algorithms.align`). Poses are fixed.
 
+* **Checkpoints**: :func:`train_half` reports its state after every epoch (``on_epoch``) and
+  resumes from such a state (``resume``); training draws no random numbers, so a resumed run
+  equals an uninterrupted one.
+* **Conformation -> pose**: :func:`conformation_poses` (exact weighted 3D superposition of
+  the masked region), then :func:`refine_conformation_poses` (the paper's Adam steps on the
+  projected RMSD, started there).
+
 Every step is chunked over particles (:func:`train_half` takes a function that yields batches),
 so a later multi-GPU runner can split particles the same way as alignment.
 """

@@ -11,6 +11,13 @@ session's current poses. Afterwards:
   point (xarray, like ``s.gmm``) and its rendered map;
 * ``h.trajectory(pc=1, n=10, half=1)``: latent points along a principal direction.
 
+Training can be checkpointed (``s.heterogeneity(..., checkpoint="het.pt")``: written after
+every epoch of each half, resumed from when the file exists; :func:`read_checkpoint`,
+:func:`write_checkpoint`). The trained networks are saved with the session (group
+``heterogeneity``, :meth:`Heterogeneity.to_bytes`) and rebuilt on open as
+``s.last_heterogeneity``, so ``gmm_at``, ``volume_at`` and ``s.conf_to_pose`` work on a
+reopened session.
+
 The latent space of the two halves are separate models: their axes are not comparable
 (a latent value of half 1 means nothing to half 2's decoder).
 """
