@@ -178,7 +178,7 @@ def main() -> None:
 
     def run_patches(k: int):
         p_s = gs.open_session(work / "global.gmms")
-        p = p_s.patches(k=k)
+        p = p_s.patches(k=k, mask=sim.mask)
         p.refine(n_iter=3, solvent_mask=sim.mask, progress=False, align=align_config(args.patch_align), patience=args.patch_patience)
         p.composite(solvent_mask=sim.mask)
         table = p.summary()

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from gmmsession.kernels.masks import soft_sphere_mask_3d
+from gmmsession.kernels.masks import sample_volume_at, soft_sphere_mask_3d
 
-__all__ = ["PatchLayout", "patch_layout", "patch_masks", "mask_centre_radius", "composite_half_maps", "PATCH_SOFT_EDGE_PX"]
+__all__ = ["PatchLayout", "patch_layout", "patch_masks", "molecule_gaussians", "mask_centre_radius", "composite_half_maps", "PATCH_SOFT_EDGE_PX"]
 
 PATCH_SOFT_EDGE_PX = 5.0
 
@@ -73,6 +73,44 @@ def patch_masks(layout: PatchLayout, box_size: int, pixel_size_angstrom: float, 
         soft_sphere_mask_3d(box_size, float(r / pixel_size_angstrom), soft_edge_px, centres_px[i])
         for i, r in enumerate(layout.radii_angstrom)
     ])
+
+
+def molecule_gaussians(
+    positions_angstrom: np.ndarray,
+    pixel_size_angstrom: float,
+    *,
+    density: torch.Tensor | np.ndarray | None = None,
+    mask: torch.Tensor | np.ndarray | None = None,
+) -> np.ndarray:
+    """Which Gaussians lie on the molecule, so that patches are made of them only.
+
+    A GMM fitted to a whole box also places some Gaussians on solvent noise, far from the
+    particle; one such member would make its patch's sphere (radius = farthest member) cover
+    most of the molecule. A Gaussian belongs to the molecule where ``mask`` (values in [0, 1])
+    is at least 0.5 at its centre, or, without a mask, where ``density`` at its centre is at
+    least :func:`~gmmsession.algorithms.gmm_build.density_threshold` of ``density`` (the level
+    the GMM's K-means seeding uses).
+
+    Parameters
+    ----------
+    positions_angstrom : (N, 3) centres ``(x, y, z)`` in Å from voxel ``box // 2`` (NaN rows: False).
+    pixel_size_angstrom : voxel size (Å).
+    density, mask : (D, H, W) map or mask; exactly one of them.
+
+    Returns
+    -------
+    (N,) bool.
+    """
+    from gmmsession.algorithms.gmm_build import density_threshold
+
+    if (density is None) == (mask is None):
+        raise ValueError("give exactly one of density and mask")
+    pos = np.asarray(positions_angstrom, dtype=np.float64).reshape(-1, 3)
+    finite = np.isfinite(pos).all(axis=1)
+    region = torch.as_tensor(np.asarray(mask if mask is not None else density), dtype=torch.float64)
+    level = 0.5 if mask is not None else density_threshold(region)
+    values = sample_volume_at(region, torch.as_tensor(np.where(finite[:, None], pos, 0.0)), pixel_size_angstrom).numpy()
+    return finite & (values >= level)
 
 
 def mask_centre_radius(mask: np.ndarray, pixel_size_angstrom: float, threshold: float = 0.5) -> tuple[np.ndarray, float]:

@@ -30,10 +30,17 @@ import torch
 import xarray as xr
 
 from gmmsession.algorithms.align import AlignConfig
-from gmmsession.algorithms.patches import PatchLayout, composite_half_maps, mask_centre_radius, patch_layout, patch_masks
+from gmmsession.algorithms.patches import (
+    PatchLayout,
+    composite_half_maps,
+    mask_centre_radius,
+    molecule_gaussians,
+    patch_layout,
+    patch_masks,
+)
 from gmmsession.data.bridge import half_maps_dataarray
 from gmmsession.data.errors import GmmsessionInputError
-from gmmsession.data.gmm import gmm_to_tensors
+from gmmsession.kernels.filters import lowpass_3d
 from gmmsession.session.focus import Focus
 from gmmsession.session.history import StepRecord, Timer
 from gmmsession.session.session import _mask_label
@@ -66,14 +73,28 @@ class Patches:
     added : {patch index: where its mask came from} of the patches given with :meth:`add`.
     """
 
-    def __init__(self, session: Any, k: int = 8, seed: int = 0) -> None:
+    def __init__(self, session: Any, k: int = 8, seed: int = 0, mask: Any = None) -> None:
         if session.gmm is None:
             raise RuntimeError("patches need the session's GMM: call session.build_gmm() (or refine_global) first")
         self._session = session
         self._start = session._state()
         gmm = session.gmm
         centres = np.concatenate([gmm["position_angstrom"].sel(half=h).values for h in (1, 2)])
-        self.points_angstrom = centres[np.isfinite(centres).all(axis=1)]  # the clustered centres (both halves)
+        if mask is not None:
+            on_molecule = molecule_gaussians(centres, session.pixel_size_angstrom, mask=session._load_mask(mask))
+        else:
+            average = torch.as_tensor(session.half_maps.mean("half").values, dtype=torch.float32)
+            resolution = float(session.fsc().attrs["resolution_angstrom"])
+            on_molecule = molecule_gaussians(centres, session.pixel_size_angstrom,
+                                             density=lowpass_3d(average, session.pixel_size_angstrom, resolution))
+        if int(on_molecule.sum()) < k:
+            raise GmmsessionInputError(
+                f"only {int(on_molecule.sum())} Gaussian centres lie on the molecule "
+                f"({'inside the mask' if mask is not None else 'above the density threshold of the half-map average'}): "
+                f"too few for {k} patches"
+            )
+        centres = centres[on_molecule]
+        self.points_angstrom = centres  # the clustered centres (both halves, on the molecule)
         self.layout: PatchLayout = patch_layout(centres, k=k, seed=seed)
         masks = patch_masks(self.layout, session.box_size, session.pixel_size_angstrom)
         hm = session.half_maps.sel(half=1)
@@ -87,13 +108,10 @@ class Patches:
         return self.layout.k
 
     def _covers_all_gaussians(self, i: int) -> bool:
-        """Every Gaussian centre of both halves lies within the patch's radius (where the mask is 1)."""
+        """Every clustered Gaussian centre (the molecule's, both halves) lies within the patch's
+        radius (where the mask is 1): the patch is the whole molecule (always so for ``k = 1``)."""
         centre, radius = self.layout.centres_angstrom[i], self.layout.radii_angstrom[i]
-        for h in (1, 2):
-            pos = gmm_to_tensors(self._start["gmm"], h, dtype=torch.float64).positions_angstrom.numpy()
-            if np.linalg.norm(pos - centre, axis=1).max() > radius + 1e-6:
-                return False
-        return True
+        return bool(np.linalg.norm(self.points_angstrom - centre, axis=1).max() <= radius + 1e-6)
 
     def refine(
         self,

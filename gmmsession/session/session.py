@@ -418,13 +418,19 @@ class Session:
         self._record("expand_symmetry", {"symmetry": group}, t, {"n_particles": int(expanded.sizes["particle"])})
         return self.history.last()
 
-    def patches(self, k: int = 8, *, seed: int = 0) -> "Patches":
+    def patches(self, k: int = 8, *, seed: int = 0, mask: Any = None) -> "Patches":
         """Split the GMM into ``k`` patches (K-means of the Gaussian centres of both halves) for
         patch-by-patch refinement: ``p = s.patches(8); p.refine(n_iter=3); p.composite()``.
-        Also kept (and saved with the session) as :attr:`last_patches`."""
+        Also kept (and saved with the session) as :attr:`last_patches`.
+
+        Only Gaussians on the molecule are clustered: inside ``mask`` (a solvent mask: MRC path
+        or array), or without one, where the half-map average (low-passed to the current
+        resolution) is above its density threshold. A GMM fitted to the whole box also puts
+        some Gaussians on solvent noise, and one of them would blow its patch's sphere up to
+        cover most of the molecule (seen on the simulator: radii of 44 Å on a 60 Å particle)."""
         from gmmsession.session.patches import Patches
 
-        self.last_patches = Patches(self, k=k, seed=seed)
+        self.last_patches = Patches(self, k=k, seed=seed, mask=mask)
         return self.last_patches
 
     def _state(self) -> dict[str, Any]:

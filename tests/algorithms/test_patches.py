@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from gmmsession.algorithms.patches import composite_half_maps, patch_layout, patch_masks
+from gmmsession.algorithms.patches import composite_half_maps, molecule_gaussians, patch_layout, patch_masks
+from gmmsession.kernels.gmm import render_gaussians_3d
 
 
 def _two_blobs(seed=0):
@@ -60,3 +61,23 @@ def test_masks_cover_their_members_and_composite_weights():
     if both.any():
         w = masks[:, both]
         assert torch.allclose(out[0][both], (w[0] * 1 + w[1] * 3) / (w[0] + w[1]))
+
+
+def test_molecule_gaussians_drop_solvent_outliers_that_would_inflate_a_patch():
+    """A Gaussian fitted to solvent noise far from the particle is not clustered: with it, its
+    patch's radius (farthest member) grows to reach it; without it, the radius is the blob's."""
+    pts = _two_blobs()
+    box, px = 48, 1.5
+    density = render_gaussians_3d(torch.as_tensor(pts), torch.ones(len(pts), dtype=torch.float64),
+                                  torch.full((len(pts),), 2.0, dtype=torch.float64), box, px)
+    outlier = np.array([[0.0, 30.0, 20.0]])  # in the box, on no density
+    centres = np.concatenate([pts, outlier, np.full((1, 3), np.nan)])
+    keep = molecule_gaussians(centres, px, density=density)
+    assert keep[:100].all() and not keep[100] and not keep[101]
+    inflated = patch_layout(centres, k=2).radii_angstrom.max()
+    clean = patch_layout(centres[keep], k=2).radii_angstrom.max()
+    assert inflated > 25.0 and clean < 10.0
+    mask = (density > 0.05 * density.max()).double()
+    assert np.array_equal(molecule_gaussians(centres, px, mask=mask), keep)
+    with pytest.raises(ValueError, match="exactly one"):
+        molecule_gaussians(centres, px)

@@ -33,5 +33,7 @@ def test_each_patch_star_reconstructs_to_the_patch_maps(tmp_path):
         assert signal >= 5
         for a, b in zip(ours, relion):
             assert fsc_3d(a, b)[: signal + 1].min() >= 0.95
-        ours_shell = int(last_shell_above_threshold(fsc_3d(*ours)))
-        assert abs(ours_shell - int(last_shell_above_threshold(fsc_3d(*relion)))) <= 1
+        # The gold-standard FSC curves agree shell by shell (measured: at most 0.033 apart). The
+        # 0.143 crossing itself is not compared: here the curves run flat near 0.143 for three
+        # shells (0.133-0.166), so float-level differences move the crossing by two shells.
+        assert (fsc_3d(*ours) - fsc_3d(*relion)).abs().max() <= 0.06
