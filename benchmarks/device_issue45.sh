@@ -21,11 +21,16 @@ fi
 export PYTHONPATH=/tmp/site:$DEV/.devpkgs:$PWD PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
-echo "== CUDA tests"
-timeout 120 python3 -m pytest -q -rs -k "cuda" tests/kernels tests/algorithms -p no:cacheprovider 2>&1 | tail -25
+if [ "${TESTS:-1}" = 1 ]; then
+  echo "== CUDA tests"
+  timeout 120 python3 -m pytest -q -rs -k "cuda" tests/kernels tests/algorithms -p no:cacheprovider 2>&1 | tail -25
+fi
 echo "== issue 4: focused and patch refinement on the hinge (5,000 particles, box 96, 1 Å/px)"
-timeout ${T4:-260} python3 benchmarks/bench_focus_patches.py --n 5000 --box 96 --pixel-size 1.0 --hinge 20 --k 4 \
-  --focus-lr 0.02 0.05 --work /tmp/focus96 2>&1 | grep -v "^torch"
+timeout ${T4:-200} python3 benchmarks/bench_focus_patches.py --n 5000 --box 96 --pixel-size 1.0 --hinge 20 --k 4 8 \
+  --work /tmp/focus96 2>&1 | grep -v "^torch"
+echo "== issue 4: global and focused refinement with more particles (15,000)"
+timeout ${T4B:-130} python3 benchmarks/bench_focus_patches.py --n 15000 --box 96 --pixel-size 1.0 --hinge 20 \
+  --work /tmp/focus96_15k --stages global,focus 2>&1 | grep -v "^torch"
 echo "== issue 5: heterogeneity training and conf_to_pose (10,000 particles, box 64, 1 Å/px)"
-timeout ${T5:-170} python3 benchmarks/bench_heterogeneity.py --n 10000 --box 64 --pixel-size 1.0 --gaussians 2000 8000 \
-  --epochs 4 --fit-steps 60 2>&1
+timeout ${T5:-110} python3 benchmarks/bench_heterogeneity.py --n 10000 --box 64 --pixel-size 1.0 --gaussians ${GAUSS:-2000 8000} \
+  --epochs ${EPOCHS:-4} --fit-steps 60 2>&1
