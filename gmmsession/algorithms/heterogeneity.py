@@ -464,7 +464,7 @@ def conformation_poses(
     a = rotation.to(dtype)
     new_rotation = a @ r
     shift = image_shift_angstrom_from_origin(origin_angstrom.to(dtype)) + (a @ t[..., None])[..., :2, 0]
-    angle = geodesic_angle_deg(r, torch.eye(3, dtype=dtype).expand_as(r))
+    angle = geodesic_angle_deg(r, torch.eye(3, dtype=dtype, device=r.device).expand_as(r))
     return new_rotation.to(rotation.dtype), origin_angstrom_from_image_shift(shift).to(origin_angstrom.dtype), angle.to(rotation.dtype)
 
 

@@ -594,23 +594,25 @@ class Session:
         with Timer() as t:
             for h in (1, 2):
                 decoder, gmm = het.models[h][1], het.gmms[h]
-                neutral = decoder.neutral.detach().cpu()
+                dev = decoder.neutral.device  # superposition and refinement where the decoder runs (GPU when there)
+                neutral = decoder.neutral.detach().to(torch.float64)
                 mass = gaussian_mass_voxel_units(gmm.amplitudes.cpu(), gmm.widths_angstrom.cpu(), self.pixel_size_angstrom).clamp_min(0)
-                weights = sample_volume_at(volume, neutral, self.pixel_size_angstrom) * mass
+                weights = sample_volume_at(volume, neutral.cpu(), self.pixel_size_angstrom) * mass
                 if float(weights.sum()) <= 0:
                     raise GmmsessionInputError(f"the mask covers no Gaussian of half {h}'s GMM")
+                weights = weights.to(dev, torch.float64)
                 idx = torch.as_tensor(np.flatnonzero(halves == h))
-                z = torch.as_tensor(self.latent.values[idx.numpy()], device=decoder.neutral.device)
-                for b in range(0, len(idx), 1024):
-                    sel = idx[b : b + 1024]
+                z = torch.as_tensor(self.latent.values[idx.numpy()], device=dev)
+                for b in range(0, len(idx), 4096):
+                    sel = idx[b : b + 4096]
                     with torch.no_grad():
-                        conf = decoder(z[b : b + 1024]).cpu()
-                    k_rot, k_origin, _ = conformation_poses(start.rotation[sel], start.origin_angstrom[sel], neutral, conf, weights)
-                    kabsch_rotation[sel] = k_rot
-                    rotation[sel], origin[sel], rmsd_kabsch[sel], rmsd_refined[sel] = refine_conformation_poses(
-                        start.rotation[sel], start.origin_angstrom[sel], k_rot, k_origin, neutral, conf, weights,
-                        n_steps=refine_steps, learning_rate=refine_learning_rate,
-                    )
+                        conf = decoder(z[b : b + 4096]).to(torch.float64)
+                    rot0, origin0 = start.rotation[sel].to(dev), start.origin_angstrom[sel].to(dev)
+                    k_rot, k_origin, _ = conformation_poses(rot0, origin0, neutral, conf, weights)
+                    kabsch_rotation[sel] = k_rot.cpu()
+                    out = refine_conformation_poses(rot0, origin0, k_rot, k_origin, neutral, conf, weights,
+                                                    n_steps=refine_steps, learning_rate=refine_learning_rate)
+                    rotation[sel], origin[sel], rmsd_kabsch[sel], rmsd_refined[sel] = (v.cpu() for v in out)
             self._set_poses(rotation, origin)
         angles = geodesic_angle_deg(start.rotation, rotation)
         refined = geodesic_angle_deg(kabsch_rotation, rotation)

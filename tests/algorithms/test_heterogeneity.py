@@ -177,12 +177,13 @@ def _rigid_domain_case(n: int = 6, seed: int = 4):
     return a, origin, neutral, conf, right.double(), gen
 
 
-def test_projection_refinement_keeps_the_exact_superposition():
+def test_projection_refinement_keeps_the_exact_superposition(device):
     """Rigid data: the Kabsch pose already projects the neutral region exactly onto the
-    conformation's projection; 30 Adam steps (lr 1e-3) leave it where it is."""
+    conformation's projection; 30 Adam steps (lr 1e-3) leave it where it is (on every device:
+    conf_to_pose runs both where the decoder is)."""
     from gmmsession.kernels.rotations import geodesic_angle_deg
 
-    a, origin, neutral, conf, mask, _ = _rigid_domain_case()
+    a, origin, neutral, conf, mask = (v.to(device) for v in _rigid_domain_case()[:5])
     k_rot, k_origin, _ = het.conformation_poses(a, origin, neutral, conf, mask)
     rot, org, rmsd0, rmsd1 = het.refine_conformation_poses(a, origin, k_rot, k_origin, neutral, conf, mask, n_steps=30, learning_rate=1e-3)
     # float64 rounding of a 60-point superposition: measured ~1e-14 Å; the refinement's gradient is
