@@ -600,13 +600,14 @@ class Session:
                 weights = sample_volume_at(volume, neutral.cpu(), self.pixel_size_angstrom) * mass
                 if float(weights.sum()) <= 0:
                     raise GmmsessionInputError(f"the mask covers no Gaussian of half {h}'s GMM")
-                weights = weights.to(dev, torch.float64)
+                keep = torch.nonzero(weights > 0).squeeze(1)  # zero-weight Gaussians change neither fit: leave them out
+                weights, neutral = weights[keep].to(dev, torch.float64), neutral[keep.to(dev)]
                 idx = torch.as_tensor(np.flatnonzero(halves == h))
                 z = torch.as_tensor(self.latent.values[idx.numpy()], device=dev)
                 for b in range(0, len(idx), 4096):
                     sel = idx[b : b + 4096]
                     with torch.no_grad():
-                        conf = decoder(z[b : b + 4096]).to(torch.float64)
+                        conf = decoder(z[b : b + 4096])[:, keep.to(dev)].to(torch.float64)
                     rot0, origin0 = start.rotation[sel].to(dev), start.origin_angstrom[sel].to(dev)
                     k_rot, k_origin, _ = conformation_poses(rot0, origin0, neutral, conf, weights)
                     kabsch_rotation[sel] = k_rot.cpu()
