@@ -49,17 +49,18 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
-def pose_errors(s, truth: torch.Tensor) -> dict[int, tuple[float, float]]:
+def pose_errors(s, truth: torch.Tensor) -> tuple[dict[int, tuple[float, float]], dict[int, torch.Tensor]]:
     """Per half: median angle (deg) between the session's poses and ``truth``, raw and after removing
-    the half's mean rotation offset (``a = truth @ O``, ``O`` the mean of the per-particle offsets)."""
+    the half's mean rotation offset (``a = truth @ O``, ``O`` the mean of the per-particle offsets);
+    and each half's offset ``O`` (3, 3)."""
     p = s.particles
     a = euler_relion_to_matrix(torch.as_tensor(np.stack([p[c].values for c in ("rot_deg", "tilt_deg", "psi_deg")], -1)))
-    out = {}
+    out, offsets = {}, {}
     for h in (1, 2):
         m = torch.as_tensor(p["half"].values == h)
-        offset = rotvec_to_matrix(matrix_to_rotvec(truth[m].transpose(-1, -2) @ a[m]).mean(0))
-        out[h] = (float(geodesic_angle_deg(a[m], truth[m]).median()), float(geodesic_angle_deg(a[m], truth[m] @ offset).median()))
-    return out
+        offsets[h] = rotvec_to_matrix(matrix_to_rotvec(truth[m].transpose(-1, -2) @ a[m]).mean(0))
+        out[h] = (float(geodesic_angle_deg(a[m], truth[m]).median()), float(geodesic_angle_deg(a[m], truth[m] @ offsets[h]).median()))
+    return out, offsets
 
 
 def domain_resolution(s, truth: torch.Tensor, domain_mask: torch.Tensor, threshold: float = 0.5) -> float:
@@ -144,12 +145,16 @@ def main() -> None:
         t = time.perf_counter()
         s.conf_to_pose(domain, reconstruct=False, progress=False)
         c2p = time.perf_counter() - t
-        errs = pose_errors(s, truth)
+        errs, offsets = pose_errors(s, truth)
+        eye = torch.eye(3, dtype=torch.float64)
+        offset_deg = [float(geodesic_angle_deg(offsets[h], eye)) for h in (1, 2)]
+        between = float(geodesic_angle_deg(offsets[1], offsets[2]))
         row = {
             "gaussians": n_gauss, "epoch_s_per_10k": float(np.median(per10k)) if per10k else float("nan"),
             "training_total_s": total, "peak_memory_gib": mem, "conf_to_pose_particles_per_s": args.n / c2p,
             "spearman_pc1": [rho[1][0], rho[2][0]], "spearman_z0": [rho[1][1], rho[2][1]],
             "conf_to_pose_median_error_deg": [errs[1][0], errs[2][0]], "offset_removed_deg": [errs[1][1], errs[2][1]],
+            "offset_deg": offset_deg, "offset_between_halves_deg": between,
         }
         if args.focus and n_gauss == args.gaussians[0]:
             truth_map = torch.as_tensor(read_map(sim.truth_map)[0])
@@ -174,6 +179,8 @@ def main() -> None:
         print(f"  conf_to_pose {row['conf_to_pose_particles_per_s']:.0f} particles/s; median error to the domain pose: "
               f"half 1 {errs[1][0]:.2f} ({errs[1][1]:.2f} offset removed), half 2 {errs[2][0]:.2f} ({errs[2][1]:.2f}) deg; "
               f"median |hinge| {np.median(np.abs(hinge)):.1f} deg", flush=True)
+        print(f"  global offsets: half 1 {offset_deg[0]:.2f}, half 2 {offset_deg[1]:.2f} deg; between the halves {between:.2f} deg "
+              "(the halves' converted poses stay in one frame when this is small)", flush=True)
     (work / "bench_heterogeneity.json").write_text(json.dumps(rows, indent=1))
     print(f"\nresults in {work / 'bench_heterogeneity.json'}")
 

@@ -33,4 +33,4 @@ timeout ${T4B:-130} python3 benchmarks/bench_focus_patches.py --n 15000 --box 96
   --work /tmp/focus96_15k --stages global,focus 2>&1 | grep -v "^torch"
 echo "== issue 5: heterogeneity training and conf_to_pose (10,000 particles, box 64, 1 Å/px)"
 timeout ${T5:-110} python3 benchmarks/bench_heterogeneity.py --n 10000 --box 64 --pixel-size 1.0 --gaussians ${GAUSS:-2000 8000} \
-  --epochs ${EPOCHS:-4} --fit-steps 60 2>&1
+  --epochs ${EPOCHS:-4} --fit-steps 60 ${HETFOCUS:---focus} 2>&1
