@@ -149,12 +149,17 @@ def main() -> None:
         eye = torch.eye(3, dtype=torch.float64)
         offset_deg = [float(geodesic_angle_deg(offsets[h], eye)) for h in (1, 2)]
         between = float(geodesic_angle_deg(offsets[1], offsets[2]))
+        start_rot = torch.as_tensor(sim.rotations, dtype=torch.float64)
+        p = s.particles
+        moved = geodesic_angle_deg(start_rot, euler_relion_to_matrix(torch.as_tensor(
+            np.stack([p[c].values for c in ("rot_deg", "tilt_deg", "psi_deg")], -1)))).numpy()
+        slope = float((moved * np.abs(hinge)).sum() / (hinge**2).sum())  # 1: the full motion turned into pose
         row = {
             "gaussians": n_gauss, "epoch_s_per_10k": float(np.median(per10k)) if per10k else float("nan"),
             "training_total_s": total, "peak_memory_gib": mem, "conf_to_pose_particles_per_s": args.n / c2p,
             "spearman_pc1": [rho[1][0], rho[2][0]], "spearman_z0": [rho[1][1], rho[2][1]],
             "conf_to_pose_median_error_deg": [errs[1][0], errs[2][0]], "offset_removed_deg": [errs[1][1], errs[2][1]],
-            "offset_deg": offset_deg, "offset_between_halves_deg": between,
+            "offset_deg": offset_deg, "offset_between_halves_deg": between, "pose_change_vs_hinge_slope": slope,
         }
         if args.focus and n_gauss == args.gaussians[0]:
             truth_map = torch.as_tensor(read_map(sim.truth_map)[0])
@@ -180,7 +185,8 @@ def main() -> None:
               f"half 1 {errs[1][0]:.2f} ({errs[1][1]:.2f} offset removed), half 2 {errs[2][0]:.2f} ({errs[2][1]:.2f}) deg; "
               f"median |hinge| {np.median(np.abs(hinge)):.1f} deg", flush=True)
         print(f"  global offsets: half 1 {offset_deg[0]:.2f}, half 2 {offset_deg[1]:.2f} deg; between the halves {between:.2f} deg "
-              "(the halves' converted poses stay in one frame when this is small)", flush=True)
+              f"(the halves' converted poses stay in one frame when this is small); pose change vs |hinge| slope {slope:.2f} (1: full motion)",
+              flush=True)
     (work / "bench_heterogeneity.json").write_text(json.dumps(rows, indent=1))
     print(f"\nresults in {work / 'bench_heterogeneity.json'}")
 
