@@ -172,6 +172,12 @@ def main() -> None:
             s.reconstruct(progress=False)  # the converted poses
             converted = domain_resolution(s, truth_map, domain_mask)
             s.focus(domain).refine(n_iter=3, solvent_mask=sim.mask, progress=False)
+            after, _ = pose_errors(s, truth)
+            alone, _ = pose_errors(focus_only, truth)
+            row["median_error_after_focus_deg"] = {"conf_to_pose_then_focused": [after[1][1], after[2][1]],
+                                                   "focused_alone": [alone[1][1], alone[2][1]]}
+            print(f"  median error to the domain pose (offset removed): conf_to_pose + focused {after[1][1]:.2f} / {after[2][1]:.2f}, "
+                  f"focused alone {alone[1][1]:.2f} / {alone[2][1]:.2f} deg (half 1 / half 2)", flush=True)
             row["moving_domain_vs_truth_angstrom"] = {
                 "consensus": before, "focused": domain_resolution(focus_only, truth_map, domain_mask),
                 "conf_to_pose": converted, "conf_to_pose_then_focused": domain_resolution(s, truth_map, domain_mask)}
