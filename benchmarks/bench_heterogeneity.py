@@ -145,6 +145,7 @@ def main() -> None:
         t = time.perf_counter()
         s.conf_to_pose(domain, reconstruct=False, progress=False)
         c2p = time.perf_counter() - t
+        c2p_metrics = dict(s.history.last().metrics)
         errs, offsets = pose_errors(s, truth)
         eye = torch.eye(3, dtype=torch.float64)
         offset_deg = [float(geodesic_angle_deg(offsets[h], eye)) for h in (1, 2)]
@@ -159,7 +160,7 @@ def main() -> None:
             "training_total_s": total, "peak_memory_gib": mem, "conf_to_pose_particles_per_s": args.n / c2p,
             "spearman_pc1": [rho[1][0], rho[2][0]], "spearman_z0": [rho[1][1], rho[2][1]],
             "conf_to_pose_median_error_deg": [errs[1][0], errs[2][0]], "offset_removed_deg": [errs[1][1], errs[2][1]],
-            "offset_deg": offset_deg, "offset_between_halves_deg": between, "pose_change_vs_hinge_slope": slope,
+            "conf_to_pose_metrics": c2p_metrics, "offset_deg": offset_deg, "offset_between_halves_deg": between, "pose_change_vs_hinge_slope": slope,
         }
         if args.focus and n_gauss == args.gaussians[0]:
             truth_map = torch.as_tensor(read_map(sim.truth_map)[0])
@@ -190,6 +191,9 @@ def main() -> None:
         print(f"  conf_to_pose {row['conf_to_pose_particles_per_s']:.0f} particles/s; median error to the domain pose: "
               f"half 1 {errs[1][0]:.2f} ({errs[1][1]:.2f} offset removed), half 2 {errs[2][0]:.2f} ({errs[2][1]:.2f}) deg; "
               f"median |hinge| {np.median(np.abs(hinge)):.1f} deg", flush=True)
+        print(f"  projection refinement after Kabsch: median change {c2p_metrics.get('refine_median_angle_deg', float('nan')):.2f} deg, "
+              f"projected RMSD {c2p_metrics.get('median_rmsd_kabsch_angstrom', float('nan')):.3f} -> "
+              f"{c2p_metrics.get('median_rmsd_refined_angstrom', float('nan')):.3f} Å (median)", flush=True)
         print(f"  global offsets: half 1 {offset_deg[0]:.2f}, half 2 {offset_deg[1]:.2f} deg; between the halves {between:.2f} deg "
               f"(the halves' converted poses stay in one frame when this is small); pose change vs |hinge| slope {slope:.2f} (1: full motion)",
               flush=True)
