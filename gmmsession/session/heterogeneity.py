@@ -225,6 +225,21 @@ class Heterogeneity:
         return xr.DataArray(vol.numpy(), dims=hm.dims, coords=hm.coords, name="volume",
                             attrs={"latent_point": [float(v) for v in np.ravel(point)], "half": half})
 
+    def show(self, half: int = 1, *, show_volume: bool = True) -> Any:
+        """Interactive latent space of one half (ipywidgets + plotly): its particles on two principal
+        components; pick a particle (click, or its index) or move along a PC, and the GMM
+        (``gmm_at``) and a projection of the map (``volume_at``) at that latent point are shown."""
+        from gmmsession.session.display import build_view
+
+        if self.latent is None:
+            raise RuntimeError("no latent space yet: run s.heterogeneity() first")
+        return build_view("latent", self, particle_half=self._session.particles["half"].values, half=half, show_volume=show_volume)
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        if self.latent is None:
+            return {"text/plain": repr(self)}
+        return self.show()._repr_mimebundle_(include=include, exclude=exclude)
+
     def __repr__(self) -> str:
         n = 0 if self.latent is None else int(self.latent.sizes["particle"])
         last = {h: round(v[-1], 4) for h, v in self.losses.items() if v}

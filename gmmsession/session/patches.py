@@ -313,6 +313,10 @@ class Patches:
 
         return html_for(self)
 
+    def show(self) -> Any:
+        """Interactive 3D view of the patches over the session's GMM (``s.show_gmm(patches=p)``)."""
+        return self._session.show_gmm(patches=self)
+
     def __repr__(self) -> str:
         radii = ", ".join(f"{r:.0f}" for r in self.layout.radii_angstrom)
         added = f", added {sorted(self.added)}" if self.added else ""

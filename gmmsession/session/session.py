@@ -49,16 +49,33 @@ __all__ = ["Session"]
 
 
 def _progress_bar(total: int, desc: str, enabled: bool, unit: str = "particle"):
-    """A tqdm.auto bar (notebook widget or terminal) or a no-op; returns (set_done, close).
+    """A progress display or a no-op; returns (set_done, close).
 
-    ``set_done(n)`` takes the cumulative count that the algorithms' progress callbacks report.
+    In a notebook kernel the display the viz layer registers (:func:`display.progress_display`,
+    an HTML line updated in place that stays readable in a saved notebook); elsewhere a
+    ``tqdm.auto`` bar. ``set_done(n, **info)`` takes the cumulative count that the algorithms'
+    progress callbacks report, and optionally numbers shown beside it (``iteration``,
+    ``n_iter``, ``resolution_angstrom``: kept until replaced).
     """
     if not enabled:
-        return (lambda n: None), (lambda: None)
+        return (lambda n, **info: None), (lambda: None)
+    from gmmsession.session.display import progress_display
+
+    shown = progress_display(total, desc, unit)
+    if shown is not None:
+        return shown
     from tqdm.auto import tqdm
 
     bar = tqdm(total=total, desc=desc, unit=unit, leave=False)
-    return (lambda n_done: bar.update(n_done - bar.n)), bar.close
+    postfix: dict[str, Any] = {}
+
+    def set_done(n_done: int, **info: Any) -> None:
+        if info:
+            postfix.update(info)
+            bar.set_postfix(postfix, refresh=False)
+        bar.update(n_done - bar.n)
+
+    return set_done, bar.close
 
 
 # Per-iteration metrics copied into the refine_global step record as curves (one value per iteration).
@@ -487,9 +504,11 @@ class Session:
         with Timer() as t:
             try:
                 for res in _refine_global(self.particles, self.optics, maps, refs, px, config, mask=mask_t,
-                                          progress=lambda stage, done, total: bar_update(done_before["n"] + done),
+                                          progress=lambda stage, done, total: bar_update(
+                                              done_before["n"] + done, iteration=done_before["n"] // n + 1, n_iter=n_iter),
                                           focus_mask=focus_t):
                     done_before["n"] = res.iteration * n
+                    bar_update(done_before["n"], resolution_angstrom=float(res.fsc.resolution_angstrom))
                     self._record_iteration(f"{name}_iteration", res)
                     curves[f"fsc_iteration_{res.iteration}"] = res.fsc.fsc.tolist()
                     if res.fsc_focus is not None:
@@ -820,10 +839,60 @@ class Session:
             "device": str(self.device),
             "steps": len(self.history),
         }
-        rec = self.history.last("reconstruct")
-        if self._half_maps is not None and rec is not None:
-            out["resolution (Å, 0.143)"] = rec.metrics.get("resolution_angstrom")
+        if self._gmm is not None:
+            amp = self._gmm["amplitude"]
+            out["GMM (Gaussians per half)"] = " / ".join(str(int(np.isfinite(amp.sel(half=h).values).sum())) for h in amp["half"].values)
+        if self._half_maps is not None:
+            # The last step that measured the current maps (no FSC computed for a display).
+            rec = next((r for r in reversed(list(self.history)) if "resolution_angstrom" in r.metrics
+                        and not r.name.endswith("_iteration")), None)
+            if rec is not None:
+                out["resolution (Å, 0.143)"] = f"{float(rec.metrics['resolution_angstrom']):.2f} ({rec.name})"
+        if len(self.history):
+            out["last steps"] = ", ".join(r.name for r in list(self.history)[-3:])
         return out
+
+    def show_map(self, volume: Any = "average", *, mask: Any = None, patches: "Patches | None" = None) -> Any:
+        """Interactive view of a map: three orthogonal slices with sliders and an isosurface at
+        an adjustable level (ipywidgets + plotly; a static figure in a notebook saved with outputs).
+
+        ``volume``: ``"average"`` (of the half maps), ``"half1"``, ``"half2"``, or a (box, box, box)
+        array / DataArray on the session's grid (e.g. ``h.volume_at(z)``). ``mask`` (MRC path,
+        array or DataArray, or ``"focus"`` for :attr:`focus_mask`) is drawn as a contour on the
+        slices and a translucent surface; ``patches`` (e.g. :attr:`last_patches`) adds their masks' contours.
+        """
+        from gmmsession.session.display import build_view
+
+        if isinstance(volume, str):
+            if self._half_maps is None:
+                raise RuntimeError("no half maps yet: call session.reconstruct() first")
+            names = {"average": None, "half1": 1, "half2": 2}
+            if volume not in names:
+                raise ValueError(f"volume must be one of {list(names)} or an array, got {volume!r}")
+            hm = self._half_maps
+            title, volume = volume, (hm.mean("half") if names[volume] is None else hm.sel(half=names[volume])).values
+        else:
+            title, volume = getattr(volume, "name", None) or "map", np.asarray(getattr(volume, "values", volume))
+        return build_view("map", volume, pixel_size_angstrom=self.pixel_size_angstrom, mask=self._view_mask(mask),
+                          patch_masks=None if patches is None else patches.masks.values, title=str(title))
+
+    def show_gmm(self, half: int | None = None, *, patches: "Patches | None" = None, mask: Any = None) -> Any:
+        """Interactive 3D scatter of the GMM (colour = amplitude, size = width) with a half selector
+        (``half`` the one shown first), optionally with the patches (``patches=s.last_patches``)
+        or a mask's surface (as in :meth:`show_map`) overlaid."""
+        from gmmsession.session.display import build_view
+
+        if self._gmm is None:
+            raise RuntimeError("no GMM yet: call session.build_gmm() first")
+        return build_view("gmm", self._gmm, half=half, patches=patches, mask=self._view_mask(mask),
+                          pixel_size_angstrom=self.pixel_size_angstrom)
+
+    def _view_mask(self, mask: Any) -> np.ndarray | None:
+        if isinstance(mask, str) and mask == "focus":
+            if self.focus_mask is None:
+                raise RuntimeError("no focus mask yet: s.focus(mask).refine() keeps it")
+            return np.asarray(self.focus_mask.values)
+        return None if mask is None else self._load_mask(mask)
 
     def __repr__(self) -> str:
         lines = [f"  {k}: {v}" for k, v in self.summary().items()]
