@@ -1,4 +1,4 @@
-"""gmm_figure: the plotly view of a GMM, checked on its figure dict (no browser)."""
+"""The plotly figures of gmmsession.viz.figures, checked on their figure dicts (no browser)."""
 
 import numpy as np
 import pytest
@@ -6,6 +6,7 @@ import torch
 
 from gmmsession.data.gmm import GmmTensors, gmm_dataset
 from gmmsession.viz import gmm_figure
+from gmmsession.viz.figures import fsc_figure, latent_figure, map_slices_figure, pose_change_figure
 
 
 def _gmm(n: int, seed: int) -> GmmTensors:
@@ -102,3 +103,68 @@ def test_unknown_half_is_a_clear_error(per_half):
 def test_not_a_gmm_dataset(per_half):
     with pytest.raises(ValueError, match="missing variables"):
         gmm_figure(per_half.drop_vars("width_angstrom"))
+
+
+# ---------------------------------------------------------------- map slices, latent space, pose changes, FSC per stage
+def test_map_slices_are_the_central_planes_in_angstrom():
+    vol = np.arange(6 * 8 * 10, dtype=float).reshape(6, 8, 10)  # z, y, x all different: a transposed slice would show
+    fig = map_slices_figure(vol, 1.5)
+    assert [t.type for t in fig.data] == ["heatmap"] * 3
+    assert [t.name for t in fig.data] == ["z = 3", "y = 4", "x = 5"]
+    np.testing.assert_array_equal(np.asarray(fig.data[0].z), vol[3])
+    np.testing.assert_array_equal(np.asarray(fig.data[1].z), vol[:, 4])
+    np.testing.assert_array_equal(np.asarray(fig.data[2].z), vol[:, :, 5])
+    np.testing.assert_allclose(fig.data[0].x, np.arange(10) * 1.5)  # x in Å
+    np.testing.assert_allclose(fig.data[1].y, np.arange(6) * 1.5)  # z in Å
+    assert {t.zmin for t in fig.data} == {0.0} and {t.zmax for t in fig.data} == {float(vol.max())}
+    with pytest.raises(ValueError, match=r"\(z, y, x\).*\(8, 10\)"):
+        map_slices_figure(vol[0], 1.5)
+
+
+def test_latent_figure_pc1_follows_the_dominant_direction_per_half():
+    rng = np.random.default_rng(0)
+    n = 200
+    hinge = rng.uniform(-20, 20, n)
+    halves = np.repeat([1, 2], n // 2)
+    direction = np.array([0.6, -0.8, 0.0])
+    z = hinge[:, None] * direction + 0.1 * rng.normal(size=(n, 3))
+    fig = latent_figure(z, halves, hinge, "hinge (deg)")
+    assert [t.name for t in fig.data] == ["half 1", "half 2"]
+    for trace, h in zip(fig.data, (1, 2)):
+        sel = halves == h
+        assert len(trace.x) == sel.sum()
+        assert abs(np.corrcoef(trace.x, hinge[sel])[0, 1]) > 0.99  # PC1 is the hinge direction
+        np.testing.assert_allclose(trace.marker.color, hinge[sel])
+        assert trace.marker.cmin == pytest.approx(hinge.min()) and trace.marker.cmax == pytest.approx(hinge.max())
+    assert "PC1" in fig.layout.xaxis.title.text and "PC2" in fig.layout.yaxis.title.text
+
+
+def test_latent_figure_one_dimension_and_bad_shapes():
+    fig = latent_figure(np.linspace(0, 1, 10)[:, None], np.repeat([1, 2], 5))
+    np.testing.assert_array_equal(fig.data[0].y, np.zeros(5))
+    with pytest.raises(ValueError, match="halves"):
+        latent_figure(np.zeros((10, 2)), np.ones(9))
+
+
+def test_pose_change_figure_two_histograms_per_stage():
+    changes = {"global": (np.array([1.0, 2.0, 3.0]), np.array([0.5, 0.1, 0.2])), "focused": (np.array([0.2]), np.array([0.0]))}
+    fig = pose_change_figure(changes)
+    assert [t.type for t in fig.data] == ["histogram"] * 4
+    assert [t.name for t in fig.data] == ["global", "global", "focused", "focused"]
+    np.testing.assert_array_equal(fig.data[0].x, changes["global"][0])
+    np.testing.assert_array_equal(fig.data[1].x, changes["global"][1])
+    assert [t.xaxis for t in fig.data] == ["x", "x2", "x", "x2"]  # angles left, shifts right
+    with pytest.raises(ValueError, match="same shape"):
+        pose_change_figure({"bad": (np.zeros(3), np.zeros(2))})
+
+
+def test_fsc_figure_without_components_has_one_trace_per_curve():
+    import xarray as xr
+
+    shells = np.arange(5)
+    curve = xr.DataArray(np.linspace(1, 0, 5), dims="shell",
+                         coords={"shell": shells, "resolution_angstrom": ("shell", [np.inf, 20, 10, 6.7, 5]),
+                                 "fsc_unmasked": ("shell", np.linspace(1, 0.1, 5))}, attrs={"resolution_angstrom": 6.7})
+    assert len(fsc_figure(curve, curve, names=["a", "b"]).data) == 4
+    fig = fsc_figure(curve, curve, names=["a", "b"], components=False)
+    assert [t.name for t in fig.data] == ["a (6.70 Å)", "b (6.70 Å)"]

@@ -1,4 +1,5 @@
-"""Figures: FSC curves as plotly figures (interactive) and as inline SVG (static HTML)."""
+"""Figures: FSC curves, map slices, GMMs, patches, latent space and pose changes as plotly figures,
+and FSC curves as inline SVG (static HTML)."""
 
 from __future__ import annotations
 
@@ -11,15 +12,21 @@ import xarray as xr
 if TYPE_CHECKING:
     import plotly.graph_objects as go
 
-__all__ = ["fsc_figure", "step_fsc_curves", "step_fsc_figure", "fsc_svg", "patches_figure", "gmm_figure"]
+__all__ = [
+    "fsc_figure", "step_fsc_curves", "step_fsc_figure", "fsc_svg", "patches_figure", "gmm_figure", "map_slices_figure",
+    "latent_figure", "pose_change_figure",
+]
 
 _PALETTE = ("#999999", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
 
 
-def fsc_figure(*curves: xr.DataArray, names: list[str] | None = None, threshold: float = 0.143) -> go.Figure:
+def fsc_figure(
+    *curves: xr.DataArray, names: list[str] | None = None, threshold: float = 0.143, components: bool = True
+) -> go.Figure:
     """FSC curves (from :meth:`Session.fsc`) against spatial frequency, labelled in Å.
 
-    Masked results also show their unmasked and phase-randomised curves.
+    With ``components`` (default), masked results also show their unmasked, masked and
+    phase-randomised curves (dotted); without, one trace per curve (e.g. one per stage).
     """
     import plotly.graph_objects as go  # imported here: plotly takes ~1 s to import
     fig = go.Figure()
@@ -30,7 +37,7 @@ def fsc_figure(*curves: xr.DataArray, names: list[str] | None = None, threshold:
         label = f"{name} ({curve.attrs.get('resolution_angstrom', float('nan')):.2f} Å)"
         fig.add_trace(go.Scatter(x=freq, y=curve.values, mode="lines", name=label))
         for extra in ("fsc_unmasked", "fsc_masked", "fsc_randomized"):
-            if extra in curve.coords:
+            if components and extra in curve.coords:
                 fig.add_trace(go.Scatter(x=freq, y=curve[extra].values, mode="lines", name=f"{name}: {extra[4:]}", line={"dash": "dot"}))
     fig.add_hline(y=threshold, line={"dash": "dash", "color": "grey"})
     fig.update_layout(xaxis_title="spatial frequency (1/Å)", yaxis_title="FSC", yaxis_range=[-0.1, 1.05], template="plotly_white")
@@ -224,4 +231,151 @@ def patches_figure(patches) -> go.Figure:
                                    hoverinfo="text"))
     fig.update_layout(scene={"xaxis_title": "x (Å)", "yaxis_title": "y (Å)", "zaxis_title": "z (Å)", "aspectmode": "data"},
                       template="plotly_white", title=f"{lay.k} patches")
+    return fig
+
+
+def map_slices_figure(volume: np.ndarray | xr.DataArray, pixel_size_angstrom: float, title: str = "map") -> go.Figure:
+    """The three central orthogonal slices of a map as heatmaps, side by side.
+
+    Parameters
+    ----------
+    volume : (z, y, x) map (array or DataArray), e.g. ``s.half_maps.mean("half")``.
+    pixel_size_angstrom : voxel size (Å); the axes are in Å from voxel 0.
+    title : figure title.
+
+    Returns
+    -------
+    plotly ``Figure`` with three ``Heatmap`` traces named ``"z = <c>"`` (the y-x plane),
+    ``"y = <c>"`` (z-x) and ``"x = <c>"`` (z-y), ``c = n // 2`` the central voxel of that axis,
+    on one grey scale (the map's minimum to maximum).
+
+    Raises
+    ------
+    ValueError
+        If ``volume`` is not 3-D or ``pixel_size_angstrom`` is not positive.
+    """
+    import plotly.graph_objects as go  # imported here: plotly takes ~1 s to import
+    from plotly.subplots import make_subplots
+
+    vol = np.asarray(volume, dtype=float)
+    if vol.ndim != 3:
+        raise ValueError(f"volume must be a (z, y, x) map, got shape {vol.shape}")
+    if not pixel_size_angstrom > 0:
+        raise ValueError(f"pixel_size_angstrom must be positive, got {pixel_size_angstrom}")
+    nz, ny, nx = vol.shape
+    cz, cy, cx = nz // 2, ny // 2, nx // 2
+    ax = [np.arange(n) * pixel_size_angstrom for n in vol.shape]  # z, y, x in Å
+    slices = [  # (name, image rows x cols, row axis, column axis, row label, column label)
+        (f"z = {cz}", vol[cz], ax[1], ax[2], "y (Å)", "x (Å)"),
+        (f"y = {cy}", vol[:, cy], ax[0], ax[2], "z (Å)", "x (Å)"),
+        (f"x = {cx}", vol[:, :, cx], ax[0], ax[1], "z (Å)", "y (Å)"),
+    ]
+    finite = vol[np.isfinite(vol)]
+    zmin, zmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    fig = make_subplots(rows=1, cols=3, subplot_titles=[f"central slice {name}" for name, *_ in slices], horizontal_spacing=0.06)
+    for i, (name, image, rows, cols, row_label, col_label) in enumerate(slices, start=1):
+        fig.add_trace(go.Heatmap(z=image, x=cols, y=rows, name=name, colorscale="Greys", reversescale=True, zmin=zmin, zmax=zmax,
+                                 showscale=i == 3, hovertemplate=f"{col_label[0]} %{{x:.1f}} Å, {row_label[0]} %{{y:.1f}} Å<br>"
+                                 "density %{z:.3g}<extra>" + name + "</extra>"), row=1, col=i)
+        fig.update_xaxes(title_text=col_label, row=1, col=i)
+        fig.update_yaxes(title_text=row_label, scaleanchor=f"x{i if i > 1 else ''}", row=1, col=i)
+    fig.update_layout(title=title, template="plotly_white")
+    return fig
+
+
+def latent_figure(
+    latent: np.ndarray | xr.DataArray, halves: np.ndarray, color: np.ndarray | None = None, color_label: str = "",
+) -> go.Figure:
+    """Each half's latent points on its own first two principal components (PC1 vs PC2).
+
+    The halves' networks are trained separately, so their latent spaces are not comparable:
+    each half gets its own panel and its own PCA
+    (:func:`~gmmsession.algorithms.heterogeneity.latent_pca`).
+
+    Parameters
+    ----------
+    latent : (n, latent_dim) latent vectors (e.g. ``s.latent``).
+    halves : (n,) half set of each particle (1 or 2).
+    color : optional (n,) value per particle that colours the points (e.g. the simulator's true
+        hinge angle), on one colour scale shared by the halves.
+    color_label : the colour bar's title (with units).
+
+    Returns
+    -------
+    plotly ``Figure`` with one ``Scattergl`` trace per half present, named ``"half <h>"``, x = PC1
+    and y = PC2 (zeros when ``latent_dim`` is 1); the axis titles give each PC's share of the
+    variance.
+
+    Raises
+    ------
+    ValueError
+        If the shapes disagree.
+    """
+    import plotly.graph_objects as go  # imported here: plotly takes ~1 s to import
+    from plotly.subplots import make_subplots
+
+    from gmmsession.algorithms.heterogeneity import latent_pca
+
+    z = np.asarray(latent, dtype=float)
+    halves = np.asarray(halves)
+    if z.ndim != 2 or halves.shape != (z.shape[0],):
+        raise ValueError(f"need latent (n, d) and halves (n,), got {z.shape} and {halves.shape}")
+    col = None if color is None else np.asarray(color, dtype=float)
+    if col is not None and col.shape != (z.shape[0],):
+        raise ValueError(f"color must have one value per particle ({z.shape[0]},), got {col.shape}")
+    shown = [int(h) for h in np.unique(halves)]
+    fig = make_subplots(rows=1, cols=max(len(shown), 1), subplot_titles=[f"half {h}" for h in shown])
+    cmin, cmax = (float(np.nanmin(col)), float(np.nanmax(col))) if col is not None and np.isfinite(col).any() else (0.0, 1.0)
+    for i, h in enumerate(shown, start=1):
+        sel = halves == h
+        mean, comps, var = latent_pca(z[sel])
+        pcs = (z[sel] - mean) @ comps.T
+        pc2 = pcs[:, 1] if pcs.shape[1] > 1 else np.zeros(len(pcs))
+        share = var / var.sum() if var.sum() > 0 else np.zeros_like(var)
+        marker: dict = {"size": 4, "opacity": 0.7}
+        if col is not None:
+            marker.update(color=col[sel], colorscale="RdBu", cmin=cmin, cmax=cmax, showscale=i == 1,
+                          colorbar={"title": {"text": color_label}})
+        fig.add_trace(go.Scattergl(x=pcs[:, 0], y=pc2, mode="markers", name=f"half {h}", marker=marker,
+                                   text=None if col is None else [f"{color_label} {v:.3g}" for v in col[sel]]), row=1, col=i)
+        fig.update_xaxes(title_text=f"PC1 ({100 * share[0]:.0f} % of the variance)", row=1, col=i)
+        fig.update_yaxes(title_text=f"PC2 ({100 * share[1]:.0f} %)" if len(share) > 1 else "PC2 (none: latent_dim 1)", row=1, col=i)
+    fig.update_layout(title="latent space", template="plotly_white")
+    return fig
+
+
+def pose_change_figure(changes: dict[str, tuple[np.ndarray, np.ndarray]], *, n_bins: int = 40) -> go.Figure:
+    """Histograms of the per-particle pose changes of each stage (the paper's Fig. S6).
+
+    Parameters
+    ----------
+    changes : ``{stage name: (angle change (n,) in degrees, shift change (n,) in Å)}``, e.g.
+        from :func:`gmmsession.viz.report.pose_changes` of the poses before and after a stage.
+    n_bins : histogram bins per panel.
+
+    Returns
+    -------
+    plotly ``Figure``: two panels (rotation change in degrees, shift change in Å), one
+    ``Histogram`` trace per stage in each (named by the stage, overlaid; the shift traces share
+    the legend entry of their stage). Stages with no particles are left out.
+    """
+    import plotly.graph_objects as go  # imported here: plotly takes ~1 s to import
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=2, subplot_titles=["rotation change", "shift change"])
+    for i, (name, (angle, shift)) in enumerate(changes.items()):
+        angle, shift = np.asarray(angle, dtype=float), np.asarray(shift, dtype=float)
+        if angle.shape != shift.shape or angle.ndim != 1:
+            raise ValueError(f"stage {name!r}: need angle and shift changes of the same shape (n,), got {angle.shape} and {shift.shape}")
+        if not angle.size:
+            continue
+        color = _PALETTE[(i + 1) % len(_PALETTE)]
+        for col, values, unit in ((1, angle, "deg"), (2, shift, "Å")):
+            fig.add_trace(go.Histogram(x=values, name=name, legendgroup=name, showlegend=col == 1, nbinsx=n_bins, opacity=0.6,
+                                       marker={"color": color}, hovertemplate=f"{name}: %{{x}} {unit}, %{{y}} particles<extra></extra>"),
+                          row=1, col=col)
+    fig.update_xaxes(title_text="angle between the poses before and after (deg)", row=1, col=1)
+    fig.update_xaxes(title_text="in-plane shift change (Å)", row=1, col=2)
+    fig.update_yaxes(title_text="particles", row=1, col=1)
+    fig.update_layout(barmode="overlay", title="pose changes per particle", template="plotly_white")
     return fig
