@@ -44,6 +44,7 @@ def test_demo_runs_every_stage_and_writes_the_outputs(demo):
     report = json.loads((demo.out / "report.json").read_text())
     assert [s["name"] for s in report["stages"]] == STAGES[:-1]
     assert report["particles"] == 60 and report["box"] == 24
+    assert set(report["latent_pc1_vs_hinge_abs_spearman"]) == {"half1", "half2"}
     header = (demo.out / "fsc.csv").read_text().splitlines()[0].split(",")
     assert header[:5] == ["shell", "resolution_angstrom", "fsc_unmasked", "fsc_masked_corrected", "fsc_average_vs_truth"]
     assert "fsc_masked_global_refinement" in header and "fsc_masked_merge" in header
@@ -74,7 +75,7 @@ def test_report_figures_carry_the_data(demo):
     page = demo.html
     # the latent scatter is coloured by the true hinge angle, the pose figure has histograms
     latent = _sections(page)["latent"]
-    assert "true hinge angle" in latent and '"type":"scattergl"' in latent
+    assert "true hinge angle" in latent and '"type":"scatter"' in latent
     assert '"type":"histogram"' in _sections(page)["poses"]
     assert '"type":"heatmap"' in _sections(page)["map"]
 
@@ -88,12 +89,14 @@ def test_report_says_which_sections_were_not_run():
         particles=xr.Dataset(coords={"particle": np.arange(4)}),
         half_maps=xr.DataArray(vol, dims=("half", "z", "y", "x"), coords={"half": [1, 2]}),
     )
-    page = session_report_html(session, [ReportStage("simulate", 1.5, note="tiny")])
+    still = (np.zeros(4), np.zeros(4))
+    page = session_report_html(session, [ReportStage("simulate", 1.5, note="tiny"), ReportStage("focused", 2.0, pose_change=still)])
     sections = _sections(page)
     assert list(sections) == list(REPORT_SECTIONS)
     assert sections["map"].count("plotly-graph-div") == 1
-    for sid in ("fsc", "iterations", "gmm", "patches", "latent", "poses"):
+    for sid in ("fsc", "iterations", "gmm", "patches", "latent"):
         assert "Not run" in sections[sid] and "plotly-graph-div" not in sections[sid], sid
+    assert "Poses unchanged: focused" in sections["poses"] and "plotly-graph-div" not in sections["poses"]
     assert page.count("* plotly.js v") == 1
 
 

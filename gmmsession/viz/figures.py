@@ -302,7 +302,7 @@ def latent_figure(
 
     Returns
     -------
-    plotly ``Figure`` with one ``Scattergl`` trace per half present, named ``"half <h>"``, x = PC1
+    plotly ``Figure`` with one ``Scatter`` trace (SVG: no WebGL needed) per half present, named ``"half <h>"``, x = PC1
     and y = PC2 (zeros when ``latent_dim`` is 1); the axis titles give each PC's share of the
     variance.
 
@@ -336,11 +336,11 @@ def latent_figure(
         if col is not None:
             marker.update(color=col[sel], colorscale="RdBu", cmin=cmin, cmax=cmax, showscale=i == 1,
                           colorbar={"title": {"text": color_label}})
-        fig.add_trace(go.Scattergl(x=pcs[:, 0], y=pc2, mode="markers", name=f"half {h}", marker=marker,
+        fig.add_trace(go.Scatter(x=pcs[:, 0], y=pc2, mode="markers", name=f"half {h}", marker=marker,
                                    text=None if col is None else [f"{color_label} {v:.3g}" for v in col[sel]]), row=1, col=i)
         fig.update_xaxes(title_text=f"PC1 ({100 * share[0]:.0f} % of the variance)", row=1, col=i)
         fig.update_yaxes(title_text=f"PC2 ({100 * share[1]:.0f} %)" if len(share) > 1 else "PC2 (none: latent_dim 1)", row=1, col=i)
-    fig.update_layout(title="latent space", template="plotly_white")
+    fig.update_layout(title="latent space", template="plotly_white", showlegend=False)  # the panel titles name the halves
     return fig
 
 

@@ -140,6 +140,8 @@ def session_report_html(
     latent_color_label: str = "",
     title: str = "gmmsession report",
     intro: str = "",
+    map_volume: xr.DataArray | np.ndarray | None = None,
+    map_label: str = "half-map average (unfiltered)",
 ) -> str:
     """One self-contained HTML page (plotly.js embedded once) describing a session's processing.
 
@@ -152,6 +154,8 @@ def session_report_html(
     latent_color, latent_color_label : optional per-particle values (e.g. the true hinge angle,
         in the session's particle order) colouring the latent-space scatter.
     title, intro : page heading and an introductory paragraph (plain text).
+    map_volume, map_label : the (z, y, x) map the map section shows and what it is; default the
+        average of the session's half maps.
 
     Returns
     -------
@@ -194,9 +198,11 @@ def session_report_html(
                                   "best iteration); the per-iteration medians come from the session's history.</p>" + table,
                                   _figure_html(fig, "fig-iterations"))
 
-    if session.half_maps is not None:
-        fig = map_slices_figure(session.half_maps.mean("half").values, px, title="half-map average, central slices")
-        sections["map"] = ("<p class='note'>The average of the final half maps (unfiltered), central orthogonal slices.</p>",
+    if map_volume is None and session.half_maps is not None:
+        map_volume = session.half_maps.mean("half")
+    if map_volume is not None:
+        fig = map_slices_figure(np.asarray(map_volume), px, title=f"{map_label}, central slices")
+        sections["map"] = (f"<p class='note'>The {html.escape(map_label)}: central orthogonal slices.</p>",
                            _figure_html(fig, "fig-map", height=420))
 
     if session.gmm is not None:
@@ -219,12 +225,16 @@ def session_report_html(
                               + (f", coloured by {html.escape(latent_color_label)}" if latent_color is not None else "") + ".</p>",
                               _figure_html(fig, "fig-latent", height=450))
 
-    changes = {st.name: st.pose_change for st in stages if st.pose_change is not None}
-    if changes:
+    moved = {st.name: st.pose_change for st in stages if st.pose_change is not None and np.any(np.asarray(st.pose_change) > 0)}
+    unchanged = [st.name for st in stages if st.pose_change is not None and st.name not in moved]
+    if moved or unchanged:
+        note = (f" Poses unchanged: {html.escape(', '.join(unchanged))} (a refinement keeps its starting poses when no "
+                "iteration improves the FSC)." if unchanged else "")
         sections["poses"] = ("<p class='note'>Per particle: the angle between its rotation before and after each stage, and the "
                              "length of its origin change (the paper's Fig. S6). Computed from the particle tables before and "
-                             "after the stage; for the patches, each patch's refined poses against the starting poses.</p>",
-                             _figure_html(pose_change_figure(changes), "fig-poses", height=420))
+                             "after the stage; for the patches, each patch's refined poses against the starting poses "
+                             f"(one entry per particle and patch).{note}</p>",
+                             _figure_html(pose_change_figure(moved), "fig-poses", height=420) if moved else "")
 
     body = []
     for sid in REPORT_SECTIONS:
