@@ -16,13 +16,13 @@ __all__ = ["main"]
 
 # Defaults of the demo (a few minutes on a 2-core laptop CPU) and of --quick (a smoke test, well under a minute).
 _DEMO_DEFAULTS = {"n_particles": 400, "box": 40, "pixel_size": 1.75, "n_gaussians": 200, "iterations": 2, "patches": 2,
-                  "epochs": 4, "gmm_steps": 20, "build_steps": 60}
+                  "epochs": 10, "gmm_steps": 20, "build_steps": 60}
 _DEMO_QUICK = {"n_particles": 100, "box": 24, "pixel_size": 2.8, "n_gaussians": 30, "iterations": 1, "patches": 2,
                "epochs": 1, "gmm_steps": 2, "build_steps": 5}
 
 
 class _Stages:
-    """Runs the demo's stages: one printed line per stage, its timing and what the report shows."""
+    """Records the demo's stages as they finish: prints one line each, keeps its timing and what the report shows."""
 
     def __init__(self, n: int) -> None:
         self.n, self.done, self.records = n, 0, []
@@ -63,22 +63,26 @@ def _pc1_hinge_correlation(latent, halves, hinge_deg) -> dict[int, float]:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    import numpy as np
-    import torch
-
-    import gmmsession as gs
-    from gmmsession.algorithms.postprocess import gold_standard_fsc
-    from gmmsession.algorithms.simulate import perturb_star_poses
-    from gmmsession.data.io._atomic import atomic_path
-    from gmmsession.data.io.mrc import read_map
-    from gmmsession.viz.report import pose_changes, session_report_html
-
+    """``gmmsession demo``: the pipeline on the simulated dataset, then the maps, tables and report."""
     args = _demo_options(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    bars = not args.quiet
-    st = _Stages(10)
+    stages = _Stages(10)
+    s, sim, rho = _demo_pipeline(args, out, stages)
+    _demo_write(s, sim, rho, args, out, stages)
+    return 0
 
+
+def _demo_pipeline(args: argparse.Namespace, out: Path, st: _Stages):
+    """Simulate -> reconstruct -> GMM -> global -> patches -> heterogeneity -> conformation to pose ->
+    focused -> merge; returns the session, the simulated dataset and |Spearman| of PC1 vs the hinge per half."""
+    import numpy as np
+
+    import gmmsession as gs
+    from gmmsession.algorithms.simulate import perturb_star_poses
+    from gmmsession.viz.report import pose_changes
+
+    bars = not args.quiet
     t = time.perf_counter()
     sim = gs.simulate(out / "data", n_particles=args.n_particles, box_size=args.box, pixel_size_angstrom=args.pixel_size,
                       snr=args.snr, hinge_max_deg=args.hinge, seed=args.seed)
@@ -142,8 +146,21 @@ def _demo(args: argparse.Namespace) -> int:
     fsc = s.fsc(mask=sim.mask)
     st.finish("merge", t, f"focused result added as patch {p.k - 1}; composite {step.metrics['resolution_angstrom']:.2f} Å", fsc=fsc)
 
+    return s, sim, rho
+
+
+def _demo_write(s, sim, rho: dict[int, float], args: argparse.Namespace, out: Path, st: _Stages) -> None:
+    """Half maps, final map, fsc.csv, session.gmms, report.html / .md / .json."""
+    import numpy as np
+    import torch
+
+    from gmmsession.algorithms.postprocess import gold_standard_fsc
+    from gmmsession.data.io._atomic import atomic_path
+    from gmmsession.data.io.mrc import read_map
+    from gmmsession.viz.report import session_report_html
+
     t = time.perf_counter()
-    fsc_unmasked = s.fsc()
+    fsc, fsc_unmasked = s.fsc(mask=sim.mask), s.fsc()
     truth, _ = read_map(sim.truth_map, pixel_size_angstrom=s.pixel_size_angstrom)
     avg = s.half_maps.mean("half").values
     vs_truth = gold_standard_fsc(torch.as_tensor(avg), torch.as_tensor(truth), s.pixel_size_angstrom, threshold=0.5)
@@ -196,7 +213,6 @@ def _demo(args: argparse.Namespace) -> int:
     with atomic_path(out / "report.json") as tmp:
         tmp.write_text(json.dumps(report, indent=2) + "\n")
     st.finish("write", t, f"report.html, half maps, final_map.mrc, fsc.csv, session.gmms in {out}")
-    return 0
 
 
 def _info(args: argparse.Namespace) -> int:
