@@ -35,7 +35,7 @@ def chromium_executable() -> str | None:
     return None
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def chromium():
     """A function opening a headless Chromium (a context manager); skips where Playwright or Chromium is absent.
 

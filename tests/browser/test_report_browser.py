@@ -34,7 +34,7 @@ def _screenshot(page, path) -> None:
 
 
 @pytest.fixture(scope="module")
-def demo_report(tmp_path_factory):
+def demo_report(chromium, tmp_path_factory):  # chromium first: no demo run where the test will skip
     from gmmsession.cli import main
 
     out = tmp_path_factory.mktemp("demo_report")
