@@ -76,6 +76,7 @@ __all__ = [
     "refine_latent",
     "latent_pca",
     "conformation_poses",
+    "mean_conformation",
     "refine_conformation_poses",
     "projected_rmsd_angstrom",
 ]
@@ -425,6 +426,45 @@ def latent_pca(latent: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     mean = z.mean(0)
     _, s, vt = np.linalg.svd(z - mean, full_matrices=False)
     return mean, vt, s**2 / max(len(z) - 1, 1)
+
+
+def mean_conformation(
+    neutral_angstrom: torch.Tensor, conformations: Iterable[torch.Tensor], weights: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The masked region at its mean rigid placement over a half's particles.
+
+    Each conformation's masked region is rigidly superposed onto the neutral one (weighted
+    Kabsch: ``conf_i ~= R_i neutral + t_i``); the mean motion is the chordal mean of the ``R_i``
+    (their average projected onto SO(3)) and the mean of the ``t_i``. Returns
+    ``(R_mean neutral + t_mean, angle of R_mean in degrees)``.
+
+    Why: the neutral GMM is fitted to the consensus map, which averages the conformations, so
+    it should sit at their mean; a decoder trained on one half set can still carry a small bias,
+    and poses converted against the neutral region would then carry that bias as one rotation
+    of the half's domain frame (measured on the simulator's hinge: 2.6 degrees between the two
+    halves). Converting against the half's own mean placement keeps both halves' domain frames
+    on their common mean, each from its own data only.
+
+    Parameters
+    ----------
+    neutral_angstrom : (G, 3); conformations : iterable of (n_b, G, 3) batches; weights : (G,).
+    """
+    dtype = torch.float64
+    neutral = neutral_angstrom.to(dtype)
+    w = weights.to(neutral.device, dtype)
+    r_sum = torch.zeros(3, 3, dtype=dtype, device=neutral.device)
+    t_sum = torch.zeros(3, dtype=dtype, device=neutral.device)
+    n = 0
+    for conf in conformations:
+        r, t = kabsch_superposition(neutral.expand(conf.shape[0], -1, -1), conf.to(dtype), w)
+        r_sum, t_sum, n = r_sum + r.sum(0), t_sum + t.sum(0), n + conf.shape[0]
+    if n == 0:
+        raise ValueError("mean_conformation needs at least one conformation")
+    u, _, vt = torch.linalg.svd(r_sum / n)
+    d = torch.sign(torch.det(u @ vt))
+    r_mean = u @ torch.diag(torch.stack([torch.ones_like(d), torch.ones_like(d), d])) @ vt
+    angle = geodesic_angle_deg(r_mean, torch.eye(3, dtype=dtype, device=neutral.device))
+    return (neutral @ r_mean.T + t_sum / n).to(neutral_angstrom.dtype), angle
 
 
 def conformation_poses(

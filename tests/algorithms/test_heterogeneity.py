@@ -214,3 +214,25 @@ def test_projection_refinement_reduces_the_projected_rmsd_from_a_perturbed_pose(
     assert float(rmsd_long.max()) < 1e-3 and float(geodesic_angle_deg(rot, k_rot).max()) < 0.01
     with pytest.raises(ValueError, match="weights"):
         het.refine_conformation_poses(a, origin, k_rot, k_origin, neutral, conf, torch.zeros(neutral.shape[0], dtype=torch.float64))
+
+
+def test_mean_conformation_finds_a_biased_mean_motion():
+    """Conformations that all carry one extra rigid motion (a decoder's bias) on top of motions
+    that average out: the mean placement is that bias applied to the neutral region."""
+    from gmmsession.kernels.rotations import geodesic_angle_deg, rotvec_to_matrix
+
+    gen = torch.Generator().manual_seed(7)
+    neutral = 10 * torch.randn(40, 3, generator=gen, dtype=torch.float64)
+    weights = torch.rand(40, generator=gen, dtype=torch.float64)
+    bias_r = rotvec_to_matrix(torch.tensor([0.0, 0.05, 0.02], dtype=torch.float64))  # 3.08 degrees
+    bias_t = torch.tensor([1.0, -0.5, 0.25], dtype=torch.float64)
+    axis = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
+    angles = torch.linspace(-0.3, 0.3, 61, dtype=torch.float64)  # symmetric: averages to no motion
+    motions = rotvec_to_matrix(axis * angles[:, None])
+    conf = (neutral @ motions.transpose(-1, -2)) @ bias_r.T + bias_t
+    reference, angle = het.mean_conformation(neutral, [conf[:30], conf[30:]], weights)
+    torch.testing.assert_close(reference, neutral @ bias_r.T + bias_t, atol=1e-9, rtol=0)  # float64, exact rigid data
+    assert abs(float(angle) - float(geodesic_angle_deg(bias_r, torch.eye(3, dtype=torch.float64)))) < 1e-9
+    unbiased, angle0 = het.mean_conformation(neutral, [neutral @ motions.transpose(-1, -2)], weights)
+    torch.testing.assert_close(unbiased, neutral, atol=1e-9, rtol=0)
+    assert float(angle0) < 1e-6
