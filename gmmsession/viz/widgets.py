@@ -1,9 +1,16 @@
-"""Interactive notebook views (ipywidgets 8 + plotly ``FigureWidget``) over the view models.
+"""Interactive notebook views (ipywidgets 8, PNG images and plotly ``FigureWidget``) over the view models.
 
 Each view keeps its controls and figures as attributes (tests move them without a browser)
 and displays as the live widget plus a static ``text/html`` fallback without JavaScript
 (PNG slices, SVG scatter), which a notebook saved with outputs shows when the kernel is gone
 (and GitHub / nbviewer / nbconvert show where widget state was not saved).
+
+2D pictures (map slices, projections) are PNG images in :class:`ipywidgets.Image`, encoded
+here by the code that also writes the static fallback; each view has at most one
+``FigureWidget``. In plotly >= 6 a FigureWidget runs on anywidget, whose front end (0.11)
+gives each widget 2 s to import its module; plotly's is ~5 MB and imported once per
+FigureWidget, so on a loaded machine a second or third one times out and then silently
+ignores the kernel. The map view therefore builds its isosurface only on request.
 
 Built by :meth:`Session.show_map`, :meth:`Session.show_gmm` and :meth:`Heterogeneity.show`;
 this module is imported only then (ipywidgets and plotly take about a second to import).
@@ -46,17 +53,31 @@ class _View:
 
 
 # ---------------------------------------------------------------------- maps
+_SLICE_DISPLAY_PX = 240  # slices are enlarged (whole pixels, nearest neighbour) to at least this many pixels a side
+
+
 class MapView(_View):
-    """Orthogonal slices with one slider per axis and an isosurface with a level slider.
+    """Orthogonal slices with one slider per axis, and an isosurface on demand.
+
+    The slices are PNG images (:class:`ipywidgets.Image`) re-encoded by the kernel when a slider
+    moves: they need no plotting library in the browser, so they show and update wherever
+    ipywidgets do. The isosurface is one plotly ``FigureWidget``, built only when the
+    "3D isosurface" toggle is first switched on: plotly's ~5 MB widget bundle then loads for it
+    alone, and if the browser fails to start it (anywidget 0.11 gives a widget 2 s to import
+    its module) the slices are unaffected.
 
     Attributes
     ----------
     volume : (box, box, box) float32, ``(z, y, x)``.
     sliders : {"z", "y", "x"}: IntSlider of the slice index along each axis.
+    images : {"z", "y", "x"}: Image (PNG) of each slice, dark = dense, row axis pointing up,
+        mask / patch outlines in colour; enlarged ``scale`` times.
+    captions : {"z", "y", "x"}: HTML with the slice position and the axes in Å.
+    scale : whole-pixel enlargement of the slice images.
     level : FloatSlider of the isosurface level (range :func:`viewmodels.isosurface_levels`).
-    slices : FigureWidget, one heatmap per axis (traces named ``"z"``, ``"y"``, ``"x"``),
-        mask / patch contours after them.
-    surface : FigureWidget with the isosurface (trace ``"map"``), and ``"mask"`` when given.
+    show_surface : ToggleButton that shows (building it the first time) or hides the isosurface.
+    surface : None until first shown, then a FigureWidget with the isosurface (trace ``"map"``)
+        and ``"mask"`` when given.
     """
 
     def __init__(self, volume: Any, pixel_size_angstrom: float = 1.0, *, mask: Any = None, patch_masks: Any = None,
@@ -66,64 +87,52 @@ class MapView(_View):
         self.mask = None if mask is None else vm._volume(mask)
         self.patch_masks = None if patch_masks is None else np.asarray(patch_masks, dtype=np.float32)
         self.title = title
+        self.max_surface_size = int(max_surface_size)
         box = self.volume.shape[0]
+        self._levels = vm.isosurface_levels(self.volume)
+        self.scale = max(1, -(-_SLICE_DISPLAY_PX // box))
+        self.images = {a: widgets.Image(format="png") for a in vm.AXES}
+        self.captions = {a: widgets.HTML() for a in vm.AXES}
+        for a in vm.AXES:
+            self.images[a].add_class("gmmsession-slice")
+            self.images[a].add_class(f"gmmsession-slice-{a}")
         views = vm.orthogonal_slices(self.volume, pixel_size_angstrom=self.pixel_size_angstrom, mask=self.mask)
-        levels = vm.isosurface_levels(self.volume)
-        vmin, vmax = levels["min"], levels["max"]
-
-        fig = make_subplots(rows=1, cols=3, subplot_titles=[f"{a} = {views[a]['position_angstrom']:.1f} Å" for a in vm.AXES],
-                            horizontal_spacing=0.06)
-        for col, axis in enumerate(vm.AXES, start=1):
-            v = views[axis]
-            fig.add_trace(go.Heatmap(z=v["image"], x=v["column_angstrom"], y=v["row_angstrom"], colorscale="Greys", reversescale=True,
-                                     zmin=vmin, zmax=vmax, showscale=False, name=axis,
-                                     hovertemplate=f"{v['columns']} %{{x:.1f}} Å<br>{v['rows']} %{{y:.1f}} Å<br>%{{z:.4g}}<extra></extra>"),
-                          row=1, col=col)
-            fig.update_xaxes(title_text=f"{v['columns']} (Å)", row=1, col=col)
-            fig.update_yaxes(title_text=f"{v['rows']} (Å)", scaleanchor=f"x{col if col > 1 else ''}", row=1, col=col)
-        self._contours: list[tuple[str, str, int | None]] = []  # (axis, "mask" | "patch", patch index)
-        for col, axis in enumerate(vm.AXES, start=1):
-            for kind, i, image, colour in self._overlays(views[axis]):
-                fig.add_trace(go.Contour(z=image, x=views[axis]["column_angstrom"], y=views[axis]["row_angstrom"],
-                                         contours={"start": 0.5, "end": 0.5, "size": 1, "coloring": "lines"}, showscale=False,
-                                         line={"color": colour, "width": 2}, name=f"{kind} {axis}" if i is None else f"patch {i} {axis}",
-                                         hoverinfo="skip", colorscale=[[0, colour], [1, colour]]), row=1, col=col)
-                self._contours.append((axis, kind, i))
-        fig.update_layout(title=title, height=360, margin={"l": 40, "r": 10, "t": 60, "b": 40}, template="plotly_white", showlegend=False)
-        self.slices = go.FigureWidget(fig)
-
-        grid = vm.isosurface_grid(self.volume, self.pixel_size_angstrom, max_size=max_surface_size)
-        surface = go.Figure(go.Isosurface(x=grid["x"], y=grid["y"], z=grid["z"], value=grid["value"], isomin=levels["default"],
-                                          isomax=vmax, surface_count=1, caps={"x_show": False, "y_show": False, "z_show": False},
-                                          colorscale=[[0, "#8fa8c8"], [1, "#8fa8c8"]], showscale=False, name="map", opacity=1.0))
-        if self.mask is not None:
-            mgrid = vm.isosurface_grid(self.mask, self.pixel_size_angstrom, max_size=max_surface_size)
-            surface.add_trace(go.Isosurface(x=mgrid["x"], y=mgrid["y"], z=mgrid["z"], value=mgrid["value"], isomin=0.5, isomax=1.0,
-                                            surface_count=1, caps={"x_show": False, "y_show": False, "z_show": False}, opacity=0.2,
-                                            colorscale=[[0, _MASK_COLOUR], [1, _MASK_COLOUR]], showscale=False, name="mask"))
-        surface.update_layout(title=f"isosurface at {levels['default']:.4g}", height=420, template="plotly_white",
-                              scene={"xaxis_title": "x (Å)", "yaxis_title": "y (Å)", "zaxis_title": "z (Å)", "aspectmode": "data"},
-                              margin={"l": 0, "r": 0, "t": 40, "b": 0})
-        self.surface = go.FigureWidget(surface)
-
+        for a in vm.AXES:
+            self._draw(views[a])
         self.sliders = {a: widgets.IntSlider(value=views[a]["index"], min=0, max=box - 1, description=f"{a} slice",
                                              continuous_update=False) for a in vm.AXES}
         for a, slider in self.sliders.items():
             slider.observe(lambda change, a=a: self.set_index(a, change["new"]), names="value")
-        self.level = widgets.FloatSlider(value=levels["default"], min=vmin, max=vmax, step=levels["step"], readout_format=".4g",
+        lv = self._levels
+        self.level = widgets.FloatSlider(value=lv["default"], min=lv["min"], max=lv["max"], step=lv["step"], readout_format=".4g",
                                          description="level", continuous_update=False)
         self.level.observe(lambda change: self.set_level(change["new"]), names="value")
-        self.widget = widgets.VBox([widgets.HBox(list(self.sliders.values())), self.slices, self.level, self.surface])
+        self.surface: go.FigureWidget | None = None
+        self.show_surface = widgets.ToggleButton(value=False, description="3D isosurface", icon="cube",
+                                                 tooltip="show the isosurface (plotly; loads a few MB in the browser the first time)")
+        self.show_surface.observe(lambda change: self._toggle_surface(change["new"]), names="value")
+        self._surface_box = widgets.VBox([])
+        columns = [widgets.VBox([self.captions[a], self.images[a]], layout=widgets.Layout(margin="0 12px 0 0")) for a in vm.AXES]
+        self.widget = widgets.VBox([widgets.HTML(f"<b>{html.escape(title)}</b>"), widgets.HBox(list(self.sliders.values())),
+                                    widgets.HBox(columns), self.show_surface, self._surface_box])
 
-    def _overlays(self, view: dict[str, Any]) -> list[tuple[str, int | None, np.ndarray, str]]:
-        out: list[tuple[str, int | None, np.ndarray, str]] = []
+    def _overlays(self, view: dict[str, Any]) -> list[tuple[np.ndarray, str]]:
+        """(outline image, colour) of the mask and each patch on a slice."""
+        out: list[tuple[np.ndarray, str]] = []
         if view["mask"] is not None:
-            out.append(("mask", None, view["mask"], _MASK_COLOUR))
+            out.append((view["mask"], _MASK_COLOUR))
         if self.patch_masks is not None:
             take = vm.AXES.index(view["axis"])
-            for i, m in enumerate(self.patch_masks):
-                out.append(("patch", i, np.take(m, view["index"], axis=take), _PATCH_COLOURS[i % len(_PATCH_COLOURS)]))
+            out += [(np.take(m, view["index"], axis=take), _PATCH_COLOURS[i % len(_PATCH_COLOURS)]) for i, m in enumerate(self.patch_masks)]
         return out
+
+    def _rgb(self, view: dict[str, Any], scale: int) -> np.ndarray:
+        return _slice_rgb(view["image"], self._levels["min"], self._levels["max"], self._overlays(view), scale)
+
+    def _draw(self, view: dict[str, Any]) -> None:
+        a = view["axis"]
+        self.images[a].value = _png_bytes(self._rgb(view, self.scale))
+        self.captions[a].value = _slice_caption(view)
 
     def __repr__(self) -> str:
         idx = ", ".join(f"{a}={s.value}" for a, s in self.sliders.items())
@@ -131,34 +140,47 @@ class MapView(_View):
 
     def set_index(self, axis: str, index: int) -> None:
         """Show slice ``index`` along ``axis`` (what the axis' slider does)."""
-        v = vm.slice_view(self.volume, axis, index, self.pixel_size_angstrom, self.mask)
-        overlays = iter(self._overlays(v))
-        with self.slices.batch_update():
-            self.slices.data[vm.AXES.index(axis)].z = v["image"]
-            for trace, (a, _, _) in zip(self.slices.data[3:], self._contours):
-                if a == axis:
-                    trace.z = next(overlays)[2]
-            self.slices.layout.annotations[vm.AXES.index(axis)].text = f"{axis} = {v['position_angstrom']:.1f} Å"
         if self.sliders[axis].value != index:
-            self.sliders[axis].value = index
+            self.sliders[axis].value = index  # its observer calls back here
+            return
+        self._draw(vm.slice_view(self.volume, axis, index, self.pixel_size_angstrom, self.mask))
 
     def set_level(self, level: float) -> None:
-        """Draw the isosurface at ``level`` (what the level slider does)."""
-        with self.surface.batch_update():
-            self.surface.data[0].isomin = float(level)
-            self.surface.layout.title.text = f"isosurface at {float(level):.4g}"
+        """Draw the isosurface at ``level`` (what the level slider does); kept for when it is shown."""
+        if self.level.value != level:
+            self.level.value = level  # its observer calls back here
+            return
+        if self.surface is not None:
+            with self.surface.batch_update():
+                self.surface.data[0].isomin = float(level)
+                self.surface.layout.title.text = f"isosurface at {float(level):.4g}"
+
+    def _toggle_surface(self, show: bool) -> None:
+        if show and self.surface is None:
+            self.surface = go.FigureWidget(self._surface_figure(self.level.value))
+        self._surface_box.children = [self.level, self.surface] if show else []
+
+    def _surface_figure(self, level: float) -> go.Figure:
+        caps = {"x_show": False, "y_show": False, "z_show": False}
+        grid = vm.isosurface_grid(self.volume, self.pixel_size_angstrom, max_size=self.max_surface_size)
+        fig = go.Figure(go.Isosurface(x=grid["x"], y=grid["y"], z=grid["z"], value=grid["value"], isomin=float(level),
+                                      isomax=self._levels["max"], surface_count=1, caps=caps, showscale=False, name="map",
+                                      colorscale=[[0, "#8fa8c8"], [1, "#8fa8c8"]], opacity=1.0))
+        if self.mask is not None:
+            mgrid = vm.isosurface_grid(self.mask, self.pixel_size_angstrom, max_size=self.max_surface_size)
+            fig.add_trace(go.Isosurface(x=mgrid["x"], y=mgrid["y"], z=mgrid["z"], value=mgrid["value"], isomin=0.5, isomax=1.0,
+                                        surface_count=1, caps=caps, opacity=0.2, showscale=False, name="mask",
+                                        colorscale=[[0, _MASK_COLOUR], [1, _MASK_COLOUR]]))
+        fig.update_layout(title=f"isosurface at {float(level):.4g}", height=420, template="plotly_white",
+                          scene={"xaxis_title": "x (Å)", "yaxis_title": "y (Å)", "zaxis_title": "z (Å)", "aspectmode": "data"},
+                          margin={"l": 0, "r": 0, "t": 40, "b": 0})
+        return fig
 
     def static_html(self) -> str:
         views = vm.orthogonal_slices(self.volume, {a: s.value for a, s in self.sliders.items()}, self.pixel_size_angstrom, self.mask)
-        levels = vm.isosurface_levels(self.volume)
-        cells = []
-        for a in vm.AXES:
-            v = views[a]
-            overlay = [o[2] for o in self._overlays(v)]
-            cells.append(f"<figure style='margin:4px'><img alt='{a} slice' style='width:200px;image-rendering:pixelated' "
-                         f"src='data:image/png;base64,{_slice_png(v['image'], levels['min'], levels['max'], overlay)}'/>"
-                         f"<figcaption style='font:11px sans-serif'>{a} = {v['position_angstrom']:.1f} Å "
-                         f"({v['columns']} across, {v['rows']} up)</figcaption></figure>")
+        cells = [f"<figure style='margin:4px'><img alt='{a} slice' style='width:200px;image-rendering:pixelated' "
+                 f"src='data:image/png;base64,{base64.b64encode(_png_bytes(self._rgb(views[a], 1))).decode('ascii')}'/>"
+                 f"<figcaption style='font:11px sans-serif'>{_slice_caption(views[a])}</figcaption></figure>" for a in vm.AXES]
         return (f"<div><b>{html.escape(self.title)}</b> (static view; run the cell for sliders and the isosurface)"
                 f"<div style='display:flex'>{''.join(cells)}</div></div>")
 
@@ -276,9 +298,11 @@ class LatentView(_View):
         (standard deviations from the mean).
     point : (latent_dim,) the latent point shown; ``source`` says how it was chosen
         (``"particle"`` or ``"pc"``).
-    latent_figure : FigureWidget, trace 0 the half's particles (PC1, PC2), trace 1 the point shown.
-    gmm_figure : FigureWidget of ``h.gmm_at(point, half)`` (trace 0); ``map_figure`` the map
-        ``h.volume_at(point, half)`` summed along z (None with ``show_volume=False``).
+    figure : the view's one FigureWidget: left the half's particles on (PC1, PC2) (trace 0,
+        ``"particles"``) and the point shown (trace 1, ``"shown"``); right, in a 3D scene,
+        ``h.gmm_at(point, half)`` (trace 2, ``"GMM"``).
+    map_image : Image (PNG) of the map ``h.volume_at(point, half)`` summed along z (x across,
+        y up, dark = dense), with ``map_caption``; None with ``show_volume=False``.
     """
 
     def __init__(self, heterogeneity: Any, particle_half: np.ndarray, half: int = 1, *, show_volume: bool = True,
@@ -296,34 +320,38 @@ class LatentView(_View):
         self.position = widgets.FloatSlider(value=0.0, min=-extent, max=extent, step=extent / 20, description="σ from mean",
                                             continuous_update=False)
         self.status = widgets.HTML()
-        self.latent_figure = go.FigureWidget(go.Figure(layout={"height": 420, "template": "plotly_white", "showlegend": False,
-                                                               "margin": {"l": 40, "r": 10, "t": 40, "b": 40}}))
-        self.latent_figure.add_trace(go.Scattergl(x=[], y=[], mode="markers", marker={"size": 4, "color": "#1f77b4", "opacity": 0.5},
-                                                  name="particles", hovertemplate="particle %{customdata}<extra></extra>"))
-        self.latent_figure.add_trace(go.Scatter(x=[0.0], y=[0.0], mode="markers", name="shown",
-                                                marker={"size": 14, "color": "#d62728", "symbol": "x"}, hoverinfo="skip"))
-        self.latent_figure.data[0].on_click(self._clicked)
         g0 = heterogeneity.gmm_at(np.zeros(d, dtype=np.float32), half)
         self._cmin, self._cmax = _amplitude_range(g0)
-        self.gmm_figure = go.FigureWidget(go.Figure(_gmm_trace(vm.gmm_scatter(g0, None), "GMM", self._cmin, self._cmax),
-                                                    layout=_scene_layout("GMM at the latent point")))
-        self.map_figure = None
+        fig = make_subplots(rows=1, cols=2, specs=[[{"type": "xy"}, {"type": "scene"}]], column_widths=[0.45, 0.55],
+                            subplot_titles=["latent space", "GMM at the latent point"], horizontal_spacing=0.08)
+        fig.add_trace(go.Scattergl(x=[], y=[], mode="markers", marker={"size": 4, "color": "#1f77b4", "opacity": 0.5},
+                                   name="particles", hovertemplate="particle %{customdata}<extra></extra>"), row=1, col=1)
+        fig.add_trace(go.Scatter(x=[0.0], y=[0.0], mode="markers", name="shown", marker={"size": 14, "color": "#d62728", "symbol": "x"},
+                                 hoverinfo="skip"), row=1, col=1)
+        fig.add_trace(_gmm_trace(vm.gmm_scatter(g0, None), "GMM", self._cmin, self._cmax), row=1, col=2)
+        fig.update_xaxes(title_text="PC1", row=1, col=1)
+        fig.update_yaxes(title_text="PC2", row=1, col=1)
+        fig.update_layout(height=460, template="plotly_white", showlegend=False, margin={"l": 50, "r": 10, "t": 60, "b": 50},
+                          scene={"xaxis_title": "x (Å)", "yaxis_title": "y (Å)", "zaxis_title": "z (Å)", "aspectmode": "data"})
+        self.figure = go.FigureWidget(fig)
+        self.figure.data[0].on_click(self._clicked)
+        self.map_image: widgets.Image | None = None
+        self.map_caption: widgets.HTML | None = None
         if show_volume:
-            self.map_figure = go.FigureWidget(go.Figure(go.Heatmap(z=[[0.0]], colorscale="Greys", reversescale=True, showscale=False),
-                                                        layout={"title": "map at the point, summed along z", "height": 360,
-                                                                "template": "plotly_white", "xaxis_title": "x (Å)", "yaxis_title": "y (Å)",
-                                                                "yaxis_scaleanchor": "x", "margin": {"l": 40, "r": 10, "t": 40, "b": 40}}))
+            self.map_image = widgets.Image(format="png")
+            self.map_image.add_class("gmmsession-projection")
+            self.map_caption = widgets.HTML()
         self.point = np.zeros(d)
         self.source = "pc"
         self.half.observe(lambda change: self.set_half(change["new"]), names="value")
         self.particle.observe(lambda change: self.select_particle(change["new"]), names="value")
         self.pc.observe(lambda change: self.move_along_pc(change["new"], self.position.value), names="value")
         self.position.observe(lambda change: self.move_along_pc(self.pc.value, change["new"]), names="value")
-        right = [self.gmm_figure] + ([self.map_figure] if self.map_figure is not None else [])
-        self.widget = widgets.VBox([
-            widgets.HBox([self.half, self.particle]), widgets.HBox([self.pc, self.position]), self.status,
-            widgets.HBox([self.latent_figure, widgets.VBox(right)]),
-        ])
+        rows: list[widgets.Widget] = [widgets.HBox([self.half, self.particle]), widgets.HBox([self.pc, self.position]), self.status,
+                                      self.figure]
+        if self.map_image is not None:
+            rows.append(widgets.VBox([self.map_caption, self.map_image]))
+        self.widget = widgets.VBox(rows)
         self._show_half(half)
         self.select_particle(first)
 
@@ -338,12 +366,10 @@ class LatentView(_View):
         mean, comps, _ = self.heterogeneity.pca(half)
         pcs = vm.latent_view(self.heterogeneity.latent.values[idx], mean, comps)
         self._indices = idx
-        with self.latent_figure.batch_update():
-            t = self.latent_figure.data[0]
+        with self.figure.batch_update():
+            t = self.figure.data[0]
             t.x, t.y, t.customdata = pcs["pc_a"], pcs["pc_b"], idx
-            self.latent_figure.layout.title = f"half {half}: {len(idx)} particles"
-            self.latent_figure.layout.xaxis.title = "PC1"
-            self.latent_figure.layout.yaxis.title = "PC2"
+            self.figure.layout.annotations[0].text = f"latent space, half {half}: {len(idx)} particles"
 
     def set_half(self, half: int) -> None:
         """Show half ``half``'s latent space (what the half dropdown does) at its mean."""
@@ -375,25 +401,26 @@ class LatentView(_View):
         mean, comps, _ = self._pca()
         xy = vm.latent_view(self.point[None], mean, comps)
         data = vm.gmm_scatter(self.heterogeneity.gmm_at(self.point, half), None)
-        with self.latent_figure.batch_update():
-            self.latent_figure.data[1].x, self.latent_figure.data[1].y = xy["pc_a"], xy["pc_b"]
-        with self.gmm_figure.batch_update():
-            t = self.gmm_figure.data[0]
+        with self.figure.batch_update():
+            self.figure.data[1].x, self.figure.data[1].y = xy["pc_a"], xy["pc_b"]
+            t = self.figure.data[2]
             t.x, t.y, t.z = data["x"], data["y"], data["z"]
-            self.gmm_figure.layout.title.text = f"GMM at {label}"
-        if self.map_figure is not None:
+            self.figure.layout.annotations[1].text = f"GMM at {label}"
+        if self.map_image is not None:
             vol = self.heterogeneity.volume_at(self.point, half)
-            c = np.asarray(vol["x"].values)
-            with self.map_figure.batch_update():
-                t = self.map_figure.data[0]
-                t.z, t.x, t.y = np.asarray(vol.values).sum(axis=0), c, np.asarray(vol["y"].values)
+            proj = np.asarray(vol.values, dtype=np.float64).sum(axis=0)  # (y, x)
+            scale = max(1, -(-_SLICE_DISPLAY_PX // proj.shape[0]))
+            self.map_image.value = _png_bytes(_slice_rgb(proj, float(proj.min()), float(proj.max()), [], scale))
+            x, y = np.asarray(vol["x"].values), np.asarray(vol["y"].values)
+            self.map_caption.value = (f"<div style='font:12px sans-serif;line-height:1.4'><b>map at {html.escape(label)}, summed along z"
+                                      f"</b><br>x → {x[0]:.1f} … {x[-1]:.1f} Å<br>y ↑ {y[0]:.1f} … {y[-1]:.1f} Å</div>")
         self.status.value = f"<span style='font:12px monospace'>half {half}, {html.escape(label)}: z = {np.round(self.point, 3).tolist()}</span>"
 
     def static_html(self) -> str:
         data = vm.gmm_scatter(self.heterogeneity.gmm_at(self.point, self.half.value), None)
-        t = self.latent_figure.data[0]
+        t = self.figure.data[0]
         latent = {"x": np.asarray(t.x, dtype=float), "y": np.asarray(t.y, dtype=float)}
-        marker = (float(self.latent_figure.data[1].x[0]), float(self.latent_figure.data[1].y[0]))
+        marker = (float(self.figure.data[1].x[0]), float(self.figure.data[1].y[0]))
         return (f"<div><b>Latent space, half {self.half.value}</b> (static; run the cell to explore)"
                 f"<div style='display:flex;gap:12px'>{_points_svg(latent, marker, 'PC1', 'PC2')}"
                 f"{_scatter_svg(data, self._cmin, self._cmax, None)}</div>"
@@ -405,33 +432,51 @@ def latent_view(heterogeneity: Any, particle_half: np.ndarray, half: int = 1, *,
     return LatentView(heterogeneity, particle_half, half, show_volume=show_volume)
 
 
-# ---------------------------------------------------------------------- static fallbacks (no JavaScript)
-def _png_rgb(rgb: np.ndarray) -> str:
-    """Base64 PNG of an (h, w, 3) uint8 image."""
+# ---------------------------------------------------------------------- PNG images (live slices and static fallbacks)
+def _png_bytes(rgb: np.ndarray) -> bytes:
+    """PNG file of an (h, w, 3) uint8 image (8-bit RGB, no filtering, zlib level 6)."""
     h, w, _ = rgb.shape
     raw = b"".join(b"\x00" + rgb[i].tobytes() for i in range(h))
 
     def chunk(tag: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
 
-    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
-           + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b""))
-    return base64.b64encode(png).decode("ascii")
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b""))
 
 
-def _slice_png(image: np.ndarray, vmin: float, vmax: float, overlays: list[np.ndarray]) -> str:
-    """Grey slice (dark = dense, as the heatmaps), rows flipped so that the row axis points up; overlay outlines in colour."""
+def _slice_rgb(image: np.ndarray, vmin: float, vmax: float, overlays: list[tuple[np.ndarray, str]], scale: int = 1) -> np.ndarray:
+    """(h * scale, w * scale, 3) uint8 picture of a (h, w) slice.
+
+    Grey, dark = dense (``vmin`` white, ``vmax`` black); rows flipped so that the row axis points
+    up; each pixel enlarged to ``scale`` x ``scale``; then the one-pixel outline of each
+    ``(mask slice, "#rrggbb")`` overlay (values >= 0.5 inside) drawn in its colour.
+    """
     span = vmax - vmin if vmax > vmin else 1.0
-    grey = (255 * (1 - np.clip((np.nan_to_num(image) - vmin) / span, 0, 1))).astype(np.uint8)
-    rgb = np.repeat(grey[..., None], 3, axis=-1)
-    for i, m in enumerate(overlays):
-        inside = m >= 0.5
+    grey = (255 * (1 - np.clip((np.nan_to_num(np.asarray(image, dtype=np.float64)) - vmin) / span, 0, 1))).astype(np.uint8)
+
+    def up(a: np.ndarray) -> np.ndarray:
+        return np.repeat(np.repeat(a[::-1], scale, axis=0), scale, axis=1)
+
+    rgb = np.repeat(up(grey)[..., None], 3, axis=-1)
+    for m, colour in overlays:
+        inside = np.pad(up(np.asarray(m) >= 0.5), 1)
         edge = inside & ~(np.roll(inside, 1, 0) & np.roll(inside, -1, 0) & np.roll(inside, 1, 1) & np.roll(inside, -1, 1))
-        colour = _MASK_COLOUR if i == 0 and len(overlays) == 1 else _PATCH_COLOURS[i % len(_PATCH_COLOURS)]
-        rgb[edge] = [int(colour[k:k + 2], 16) for k in (1, 3, 5)]
-    return _png_rgb(np.ascontiguousarray(rgb[::-1]))
+        rgb[edge[1:-1, 1:-1]] = [int(colour[k:k + 2], 16) for k in (1, 3, 5)]
+    return np.ascontiguousarray(rgb)
 
 
+def _slice_caption(view: dict[str, Any]) -> str:
+    """HTML caption of a slice: its position and both image axes' extents, in Å."""
+    def extent(c: np.ndarray) -> str:
+        return f"{float(c[0]):.1f} … {float(c[-1]):.1f} Å"
+
+    return (f"<div style='font:12px sans-serif;line-height:1.4'><b>{view['axis']} = {view['position_angstrom']:.1f} Å</b>"
+            f" (slice {view['index']})<br>{view['columns']} → {extent(view['column_angstrom'])}"
+            f"<br>{view['rows']} ↑ {extent(view['row_angstrom'])}</div>")
+
+
+# ---------------------------------------------------------------------- static fallbacks (no JavaScript)
 _VIRIDIS = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], dtype=float)
 
 
