@@ -871,13 +871,16 @@ class Session:
         return out
 
     def show_map(self, volume: Any = "average", *, mask: Any = None, patches: "Patches | None" = None) -> Any:
-        """Interactive view of a map: three orthogonal slices with sliders and an isosurface at
-        an adjustable level (ipywidgets + plotly; a static figure in a notebook saved with outputs).
+        """Interactive view of a map: three orthogonal slices (images, each with a slider and its
+        position in Å) and, behind a "3D isosurface" toggle, an isosurface at an adjustable level
+        (plotly); a static picture in a notebook saved with outputs. The slices are plain
+        ipywidgets images, so they work wherever ipywidgets do (also on a slow machine where
+        plotly's widget code takes longer to load than anywidget allows).
 
         ``volume``: ``"average"`` (of the half maps), ``"half1"``, ``"half2"``, or a (box, box, box)
         array / DataArray on the session's grid (e.g. ``h.volume_at(z)``). ``mask`` (MRC path,
-        array or DataArray, or ``"focus"`` for :attr:`focus_mask`) is drawn as a contour on the
-        slices and a translucent surface; ``patches`` (e.g. :attr:`last_patches`) adds their masks' contours.
+        array or DataArray, or ``"focus"`` for :attr:`focus_mask`) is outlined on the slices and
+        shown as a translucent surface in 3D; ``patches`` (e.g. :attr:`last_patches`) adds their masks' outlines.
         """
         from gmmsession.session.display import build_view
 
