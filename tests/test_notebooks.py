@@ -28,6 +28,11 @@ def test_notebook_executes(path, tmp_path, monkeypatch):
     # The session cell rendered its HTML summary (the viz renderer, not the plain-text fallback).
     htmls = [o["data"].get("text/html", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if "data" in o]
     assert any("gmmsession.Session" in h and "<table" in h for h in htmls)
+    # Every plotly figure also carries an HTML rendering (with plotly.js), so a saved notebook shows
+    # it where plotly's Jupyter extension is absent (nbconvert, GitHub, a kernel-less viewer).
+    figures = [o["data"] for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+               if "application/vnd.plotly.v1+json" in o.get("data", {})]
+    assert all("Plotly.newPlot" in d.get("text/html", "") for d in figures), f"{path.name}: a figure has no static HTML"
 
 
 def test_there_are_notebooks():
