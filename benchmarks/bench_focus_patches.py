@@ -134,8 +134,7 @@ def main() -> None:
 
     def stage(name: str, run, cache: bool = False) -> Any:
         """Run ``run()`` (-> session) and time it; with ``cache``, load ``work/<name>.gmms`` if it is
-        there, else save the result there (only the global stage: a session loaded from a file
-        cannot be saved again, its GMM attributes come back as numpy integers)."""
+        there, else save the result there (the global stage, which the later stages start from)."""
         path = work / f"{name}.gmms"
         if cache and path.exists():
             print(f"({name}: loaded {path}, ran in {timings.get(name, float('nan')):.0f} s)", flush=True)
