@@ -10,7 +10,21 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-__all__ = ["StepRecord", "History", "environment_versions", "Timer"]
+__all__ = ["StepRecord", "History", "environment_versions", "Timer", "change_histogram"]
+
+
+def change_histogram(values: Any, n_bins: int = 30) -> tuple[list[int], list[float]]:
+    """Counts and bin edges of per-particle pose changes (angles or shifts) for a step record:
+    ``n_bins`` equal bins from 0 to the 99th percentile; larger values are counted in the last
+    bin, so one outlier does not squash the histogram (the paper's Fig. S6 view)."""
+    import numpy as np
+
+    v = np.asarray(values, dtype=np.float64).ravel()
+    v = v[np.isfinite(v)]
+    top = float(np.percentile(v, 99)) if v.size else 0.0
+    top = top if top > 0 else (float(v.max()) if v.size and v.max() > 0 else 1.0)
+    counts, edges = np.histogram(np.minimum(v, top), bins=n_bins, range=(0.0, top))
+    return counts.astype(int).tolist(), edges.tolist()
 
 
 def environment_versions() -> dict[str, str]:

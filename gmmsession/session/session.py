@@ -38,7 +38,7 @@ from gmmsession.kernels.device import resolve_device
 from gmmsession.kernels.masks import sample_volume_at
 from gmmsession.kernels.symmetry import normalise_symmetry_name
 from gmmsession.session.store import session_input_paths
-from gmmsession.session.history import History, StepRecord, Timer, environment_versions
+from gmmsession.session.history import History, StepRecord, Timer, change_histogram, environment_versions
 
 if TYPE_CHECKING:  # pragma: no cover
     from gmmsession.session.focus import Focus
@@ -511,6 +511,9 @@ class Session:
                     bar_update(done_before["n"], resolution_angstrom=float(res.fsc.resolution_angstrom))
                     self._record_iteration(f"{name}_iteration", res)
                     curves[f"fsc_iteration_{res.iteration}"] = res.fsc.fsc.tolist()
+                    for key, values in (("angle_change_deg", res.poses.angle_change_deg), ("shift_change_angstrom", res.poses.shift_change_angstrom)):
+                        counts, edges = change_histogram(values.numpy())
+                        curves[f"{key}_hist_iteration_{res.iteration}"], curves[f"{key}_edges_iteration_{res.iteration}"] = counts, edges
                     if res.fsc_focus is not None:
                         curves[f"fsc_focus_iteration_{res.iteration}"] = res.fsc_focus.fsc.tolist()
                     for key, value in self.history.last().metrics.items():

@@ -126,6 +126,50 @@ def fsc_svg(*curves: tuple[str, np.ndarray, np.ndarray], width: int = 360, heigh
     return "".join(parts)
 
 
+def step_change_histograms(step, key: str) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """``(label, bin edges, counts)`` per iteration of a step record's per-particle pose-change
+    histograms (``key``: ``"angle_change_deg"`` or ``"shift_change_angstrom"``; recorded by
+    refine_global, focused and patch refinement). Empty when the step has none."""
+    out = []
+    prefix = f"{key}_hist_iteration_"
+    for name, counts in step.curves.items():
+        if name.startswith(prefix):
+            it = name[len(prefix):]
+            edges = step.curves.get(f"{key}_edges_iteration_{it}")
+            if edges is not None:
+                out.append((f"iteration {it}", np.asarray(edges, dtype=float), np.asarray(counts, dtype=float)))
+    return out
+
+
+def histogram_svg(title: str, histograms: list[tuple[str, np.ndarray, np.ndarray]], width: int = 300, height: int = 200) -> str:
+    """A small static SVG of ``(label, edges, counts)`` histograms drawn as outlines on one axis."""
+    if not histograms:
+        return ""
+    left, right, top, bottom = 36, 80, 16, 30
+    w, h = width - left - right, height - top - bottom
+    xmax = max(float(e[-1]) for _, e, _ in histograms) or 1.0
+    cmax = max(float(c.max()) for _, _, c in histograms if c.size) or 1.0
+    parts = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' style='font:10px sans-serif'>",
+             f"<text x='{left}' y='11'>{html.escape(title)}</text>",
+             f"<rect x='{left}' y='{top}' width='{w}' height='{h}' fill='none' stroke='#ccc'/>",
+             f"<text x='{left - 4}' y='{top + 8}' text-anchor='end'>{cmax:.0f}</text>",
+             f"<text x='{left - 4}' y='{top + h}' text-anchor='end'>0</text>"]
+    for frac in (0.0, 0.5, 1.0):
+        parts.append(f"<text x='{left + w * frac:.1f}' y='{top + h + 12}' text-anchor='middle'>{frac * xmax:.3g}</text>")
+    for i, (label, edges, counts) in enumerate(histograms):
+        color = _PALETTE[(i + 1) % len(_PALETTE)]
+        pts = []
+        for a, b, c in zip(edges[:-1], edges[1:], counts):
+            y = top + h * (1 - c / cmax)
+            pts += [f"{left + w * a / xmax:.1f},{y:.1f}", f"{left + w * b / xmax:.1f},{y:.1f}"]
+        parts.append(f"<polyline points='{' '.join(pts)}' fill='none' stroke='{color}' stroke-width='1.3'/>")
+        ly = top + 12 * (i + 1)
+        parts.append(f"<line x1='{left + w + 6}' x2='{left + w + 20}' y1='{ly - 3}' y2='{ly - 3}' stroke='{color}' stroke-width='2'/>")
+        parts.append(f"<text x='{left + w + 23}' y='{ly}'>{html.escape(label)}</text>")
+    parts.append("</svg>")
+    return "".join(parts)
+
+
 _GMM_HALF_SYMBOLS = ("circle", "diamond", "square", "cross")
 
 

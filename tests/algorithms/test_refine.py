@@ -76,6 +76,13 @@ def test_session_refine_global_keeps_only_improving_iterations(perturbed):
     assert step.curves["iteration_resolution_angstrom"] == [r.metrics["resolution_angstrom"] for r in iters]
     html = step._repr_html_()
     assert "<svg" in html and "iteration 1" in html and "median_angle_change_deg" in html
+    # ... and per-iteration histograms of the per-particle angle and shift changes (paper Fig. S6).
+    n = int(s.particles.sizes["particle"])
+    for key in ("angle_change_deg", "shift_change_angstrom"):
+        for i in range(len(iters)):
+            counts, edges = step.curves[f"{key}_hist_iteration_{i + 1}"], step.curves[f"{key}_edges_iteration_{i + 1}"]
+            assert sum(counts) == n and len(edges) == len(counts) + 1 and edges[0] == 0.0
+    assert "angle change per particle" in html and "shift change per particle" in html
     from gmmsession.viz.figures import step_fsc_figure
 
     names = [trace.name for trace in step_fsc_figure(step).data]

@@ -39,3 +39,13 @@ def test_display_falls_back_to_escaped_text_and_uses_registered_renderers():
     assert html_for(Thing()) == "<pre>&lt;thing &amp; co&gt;</pre>"
     register_html_renderer(Thing, lambda obj: "<b>thing</b>")
     assert html_for(Thing()) == "<b>thing</b>"
+
+
+def test_change_histogram_counts_every_value_and_folds_outliers_into_the_last_bin():
+    from gmmsession.session.history import change_histogram
+
+    values = list(range(100)) + [1e6]  # one outlier beyond the 99th percentile
+    counts, edges = change_histogram(values, n_bins=10)
+    assert sum(counts) == 101 and len(edges) == 11 and edges[0] == 0.0
+    assert edges[-1] < 1e3 and counts[-1] >= 2  # the outlier is counted in the last bin, not stretching the axis
+    assert change_histogram([0.0, 0.0], n_bins=4) == ([2, 0, 0, 0], [0.0, 0.25, 0.5, 0.75, 1.0])
