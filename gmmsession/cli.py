@@ -15,7 +15,7 @@ __all__ = ["main"]
 
 
 # Defaults of the demo (a few minutes on a 2-core laptop CPU) and of --quick (a smoke test, well under a minute).
-_DEMO_DEFAULTS = {"n_particles": 400, "box": 40, "pixel_size": 1.75, "n_gaussians": 200, "iterations": 2, "patches": 2,
+_DEMO_DEFAULTS = {"n_particles": 2000, "box": 40, "pixel_size": 1.75, "n_gaussians": 200, "iterations": 2, "patches": 2,
                   "epochs": 10, "gmm_steps": 20, "build_steps": 60}
 _DEMO_QUICK = {"n_particles": 100, "box": 24, "pixel_size": 2.8, "n_gaussians": 30, "iterations": 1, "patches": 2,
                "epochs": 1, "gmm_steps": 2, "build_steps": 5}
