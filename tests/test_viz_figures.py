@@ -168,3 +168,14 @@ def test_fsc_figure_without_components_has_one_trace_per_curve():
     assert len(fsc_figure(curve, curve, names=["a", "b"]).data) == 4
     fig = fsc_figure(curve, curve, names=["a", "b"], components=False)
     assert [t.name for t in fig.data] == ["a (6.70 Å)", "b (6.70 Å)"]
+
+
+def test_crossing_resolution_reads_the_last_shell_above_the_threshold():
+    from gmmsession.viz.figures import crossing_resolution, fsc_svg
+
+    freq = np.arange(6) / 60.0  # shells at 60/i Å
+    fsc = np.array([1.0, 0.95, 0.6, 0.3, 0.1, 0.05])
+    assert crossing_resolution(freq, fsc, 0.143) == pytest.approx(20.0)  # shell 3 (0.3) is the last above
+    assert crossing_resolution(freq, fsc, 0.5) == pytest.approx(30.0)
+    assert crossing_resolution(freq, np.ones(6), 0.143) is None  # never crosses
+    assert "20.00 Å" in fsc_svg(("final", freq, fsc))

@@ -88,7 +88,8 @@ class IterationResult:
     ``gmm`` the fitted references (before any focus widening); ``fsc`` the gold-standard FSC of
     the new half maps (with the solvent mask); ``fsc_focus`` the FSC within the focus mask
     (None without one); ``quality`` the :func:`fsc_quality` of ``fsc_focus`` when focusing,
-    else of ``fsc``.
+    else of ``fsc``; ``gmm_fit_fsc`` ``{half: FSC per shell 0 .. max_shell}`` between each
+    half's fitted GMM and the low-passed half map it was fitted to (shells as ``fsc``'s).
     """
 
     iteration: int
@@ -100,6 +101,7 @@ class IterationResult:
     improved: bool
     seconds: float
     fsc_focus: FscResult | None = None
+    gmm_fit_fsc: dict[int, np.ndarray] | None = None
 
 
 def fsc_quality(fsc: FscResult) -> float:
@@ -185,10 +187,12 @@ def refine_global(
         t0 = time.perf_counter()
         resolution = float(config.resolution_angstrom or (fsc_focus or fsc).resolution_angstrom)
         # 1. Each half's reference from its own map only, low-passed to the measured resolution.
+        gmm_fit_fsc: dict[int, np.ndarray] = {}
         for h in (1, 2):
             target = lowpass_3d(maps[h - 1], pixel_size_angstrom, resolution)
-            fitted, _ = build_gmm(target, pixel_size_angstrom, resolution, initial=refs[h], device=device, config=config.gmm)
+            fitted, fit_report = build_gmm(target, pixel_size_angstrom, resolution, initial=refs[h], device=device, config=config.gmm)
             refs[h] = fitted.detach().to("cpu")
+            gmm_fit_fsc[h] = np.asarray(fit_report.fsc)
         align_refs = {h: focused_reference(refs[h], focus, pixel_size_angstrom, config.focus_keep_mass) for h in (1, 2)}
         align_cfg = config.align
         if align_cfg.max_resolution_angstrom is None:
@@ -233,6 +237,7 @@ def refine_global(
             improved=improved,
             seconds=time.perf_counter() - t0,
             fsc_focus=fsc_focus,
+            gmm_fit_fsc=gmm_fit_fsc,
         )
         yield result
         rotation, origin = new_rot, new_origin

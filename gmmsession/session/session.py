@@ -511,6 +511,8 @@ class Session:
                     bar_update(done_before["n"], resolution_angstrom=float(res.fsc.resolution_angstrom))
                     self._record_iteration(f"{name}_iteration", res)
                     curves[f"fsc_iteration_{res.iteration}"] = res.fsc.fsc.tolist()
+                    for h, fit_fsc in (res.gmm_fit_fsc or {}).items():
+                        curves[f"gmm_fit_fsc_half{h}_iteration_{res.iteration}"] = [float(v) for v in fit_fsc]
                     for key, values in (("angle_change_deg", res.poses.angle_change_deg), ("shift_change_angstrom", res.poses.shift_change_angstrom)):
                         counts, edges = change_histogram(values.numpy())
                         curves[f"{key}_hist_iteration_{res.iteration}"], curves[f"{key}_edges_iteration_{res.iteration}"] = counts, edges

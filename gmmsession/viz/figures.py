@@ -89,11 +89,40 @@ def step_fsc_figure(step, threshold: float = 0.143) -> go.Figure:
     return fig
 
 
-def fsc_svg(*curves: tuple[str, np.ndarray, np.ndarray], width: int = 360, height: int = 220, threshold: float = 0.143) -> str:
-    """A small static SVG plot of ``(label, frequency, fsc)`` curves with a legend and the threshold line."""
+def step_gmm_fit_curves(step) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """``(label, spatial frequency 1/Å, FSC)`` between each half's fitted GMM and its half map,
+    per iteration (``gmm_fit_fsc_half<h>_iteration_<i>`` curves of a refinement step)."""
+    if "shell_resolution_angstrom" not in step.curves:
+        return []
+    res = np.array([_as_float(v) for v in step.curves["shell_resolution_angstrom"]])
+    freq = np.where(np.isfinite(res) & (res > 0), 1.0 / np.where(res > 0, res, 1.0), 0.0)
+    out = []
+    for name, values in step.curves.items():
+        if name.startswith("gmm_fit_fsc_half"):
+            half, it = name[len("gmm_fit_fsc_half"):].split("_iteration_")
+            fsc = np.array([_as_float(v) for v in values])[: freq.size]
+            out.append((f"half {half}, it. {it}", freq[: fsc.size], fsc))
+    return out
+
+
+def crossing_resolution(freq: np.ndarray, fsc: np.ndarray, threshold: float) -> float | None:
+    """Resolution (Å) of the last shell before the curve first drops below ``threshold``
+    (None when it never does, or drops at once)."""
+    below = np.flatnonzero((np.arange(fsc.size) >= 1) & np.isfinite(fsc) & (fsc < threshold))
+    if below.size == 0 or below[0] < 2 or freq[below[0] - 1] <= 0:
+        return None
+    return float(1.0 / freq[below[0] - 1])
+
+
+def fsc_svg(*curves: tuple[str, np.ndarray, np.ndarray], width: int = 360, height: int = 220, threshold: float = 0.143,
+            resolution_labels: bool = True) -> str:
+    """A small static SVG plot of ``(label, frequency, fsc)`` curves with a legend and the threshold
+    line; with ``resolution_labels`` each legend entry also gives where its curve crosses the threshold."""
     if not curves:
         return ""
-    left, right, top, bottom = 40, 90, 10, 30
+    if resolution_labels:
+        curves = tuple((f"{label} {r:.2f} Å" if (r := crossing_resolution(f, c, threshold)) else label, f, c) for label, f, c in curves)
+    left, right, top, bottom = 40, 120 if resolution_labels else 90, 10, 30
     fmax = max(float(np.max(f)) for _, f, _ in curves) or 1.0
     w, h = width - left - right, height - top - bottom
 
@@ -117,7 +146,7 @@ def fsc_svg(*curves: tuple[str, np.ndarray, np.ndarray], width: int = 360, heigh
         color = _PALETTE[i % len(_PALETTE)]
         ok = np.isfinite(fsc)
         pts = " ".join(f"{x(float(a)):.1f},{y(float(b)):.1f}" for a, b in zip(freq[ok], fsc[ok]))
-        dash = " stroke-dasharray='3 2'" if label.split()[-1] in ("start", "final") else ""
+        dash = " stroke-dasharray='3 2'" if label.startswith(("start", "final", "focus start", "focus final")) else ""
         parts.append(f"<polyline points='{pts}' fill='none' stroke='{color}' stroke-width='1.5'{dash}/>")
         ly = top + 12 * (i + 1)
         parts.append(f"<line x1='{left + w + 6}' x2='{left + w + 20}' y1='{ly - 3}' y2='{ly - 3}' stroke='{color}' stroke-width='2'{dash}/>")

@@ -11,7 +11,7 @@ from gmmsession.session.display import register_html_renderer, register_progress
 from gmmsession.session.history import History, StepRecord
 from gmmsession.session.patches import Patches
 from gmmsession.session.session import Session
-from gmmsession.viz.figures import fsc_svg, histogram_svg, step_change_histograms, step_fsc_curves
+from gmmsession.viz.figures import fsc_svg, histogram_svg, step_change_histograms, step_fsc_curves, step_gmm_fit_curves
 from gmmsession.viz.viewmodels import progress_view
 
 __all__ = ["session_html", "history_html", "step_html", "NotebookProgress", "register"]
@@ -54,7 +54,11 @@ def step_html(step: StepRecord) -> str:
     out = _table(rows, f"Step: {step.name}")
     curves = step_fsc_curves(step)
     if curves:
-        out = f"<div style='display:flex;gap:16px;align-items:flex-start'>{fsc_svg(*curves)}{out}</div>"
+        out = f"<div style='display:flex;gap:16px;align-items:flex-start'><div style='flex:none'>{fsc_svg(*curves)}</div>{out}</div>"
+    fits = step_gmm_fit_curves(step)
+    if fits:
+        out += ("<div><b>Each half's GMM against its half map</b> (FSC per iteration; 0.5 line)"
+                f"<br>{fsc_svg(*fits, threshold=0.5, width=420)}</div>")
     hists = "".join(histogram_svg(title, step_change_histograms(step, key)) for key, title in
                     (("angle_change_deg", "angle change per particle (°)"), ("shift_change_angstrom", "shift change per particle (Å)")))
     if hists:

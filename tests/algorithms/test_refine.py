@@ -83,6 +83,13 @@ def test_session_refine_global_keeps_only_improving_iterations(perturbed):
             counts, edges = step.curves[f"{key}_hist_iteration_{i + 1}"], step.curves[f"{key}_edges_iteration_{i + 1}"]
             assert sum(counts) == n and len(edges) == len(counts) + 1 and edges[0] == 0.0
     assert "angle change per particle" in html and "shift change per particle" in html
+    # ... and both halves' GMM-fit FSC per iteration, with resolution labels on the legend.
+    from gmmsession.viz.figures import step_gmm_fit_curves
+
+    fits = step_gmm_fit_curves(step)
+    assert [label for label, _, _ in fits] == [f"half {h}, it. {i + 1}" for i in range(len(iters)) for h in (1, 2)]
+    assert all(f.size == c.size and c[0] > 0.9 for _, f, c in fits)  # shell 0: the GMM carries the map's mass
+    assert "GMM against its half map" in html and " Å</text>" in html
     from gmmsession.viz.figures import step_fsc_figure
 
     names = [trace.name for trace in step_fsc_figure(step).data]
