@@ -48,6 +48,14 @@ def _as_float(v: object) -> float:
     return float(v)  # history stores inf as the string "inf", which float() reads
 
 
+def _step_frequencies(step) -> np.ndarray | None:
+    """Spatial frequency (1/Å) of each FSC shell of a step record (0 at shell 0), or None."""
+    if "shell_resolution_angstrom" not in step.curves:
+        return None
+    res = np.array([_as_float(v) for v in step.curves["shell_resolution_angstrom"]])
+    return np.where(np.isfinite(res) & (res > 0), 1.0 / np.where(res > 0, res, 1.0), 0.0)
+
+
 def step_fsc_curves(step) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """``(label, spatial frequency 1/Å, FSC)`` for each FSC curve a step record holds.
 
@@ -56,10 +64,9 @@ def step_fsc_curves(step) -> list[tuple[str, np.ndarray, np.ndarray]]:
     patch refinement their ``fsc_focus_*`` counterparts (labelled "focus ..."). Empty when the
     step has no per-shell resolution (e.g. ``reconstruct``).
     """
-    if "shell_resolution_angstrom" not in step.curves:
+    freq = _step_frequencies(step)
+    if freq is None:
         return []
-    res = np.array([_as_float(v) for v in step.curves["shell_resolution_angstrom"]])
-    freq = np.where(np.isfinite(res) & (res > 0), 1.0 / np.where(res > 0, res, 1.0), 0.0)
     out = []
     for name, values in step.curves.items():
         prefix = "focus " if name.startswith("fsc_focus") else ""
@@ -92,10 +99,9 @@ def step_fsc_figure(step, threshold: float = 0.143) -> go.Figure:
 def step_gmm_fit_curves(step) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """``(label, spatial frequency 1/Å, FSC)`` between each half's fitted GMM and its half map,
     per iteration (``gmm_fit_fsc_half<h>_iteration_<i>`` curves of a refinement step)."""
-    if "shell_resolution_angstrom" not in step.curves:
+    freq = _step_frequencies(step)
+    if freq is None:
         return []
-    res = np.array([_as_float(v) for v in step.curves["shell_resolution_angstrom"]])
-    freq = np.where(np.isfinite(res) & (res > 0), 1.0 / np.where(res > 0, res, 1.0), 0.0)
     out = []
     for name, values in step.curves.items():
         if name.startswith("gmm_fit_fsc_half"):
