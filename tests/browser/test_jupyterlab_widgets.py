@@ -12,7 +12,6 @@ settings or a saved workspace cannot change what the test sees.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -22,14 +21,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.browser.conftest import keep_screenshot, open_page, png_size
+from tests.browser.conftest import open_page
 from tests.browser.test_voila_widgets import (
     NOTEBOOK_CELLS,
     READOUTS,
     SLICE_PIXELS,
     SLICE_PX,
     _free_port,
-    _grey,
+    check_z_slice_follows_its_slider,
     _listening_addresses,
     _stop,
     _wait,
@@ -163,29 +162,9 @@ def test_front_end_slider_updates_the_slice_image(chromium, tmp_path, front_end)
                 assert _wait(page, f"() => ({SLICE_PIXELS})() !== null", 20_000), "the z slice image did not load"
                 assert page.evaluate(READOUTS)[:3] == ["10", "10", "10"]  # the central slices of a 20-pixel box
                 average = np.load(root / "average.npy")
-                lo, hi = float(average.min()), float(average.max())
-                before = page.evaluate(SLICE_PIXELS)
-                assert before["width"] >= 200 and before["src"].startswith("blob:")
-                np.testing.assert_allclose(np.array(before["rows"])[::-1], _grey(average[10], lo, hi), atol=2)
-
-                _move_z_slider(page, front_end, from_index=10, to_index=7, size=SLICE_PX)
-                assert page.evaluate(READOUTS)[0] == "7"
-                changed = _wait(page, f"() => {{ const p = ({SLICE_PIXELS})(); return p !== null && p.src !== {before['src']!r}; }}",
-                                20_000)
-                captioned = _wait(page, "() => document.body.innerText.includes('z = -12.0 Å')", 20_000)  # 4 Å * (7 - 10)
-                expected = _grey(average[7], lo, hi)
-                _wait(page, f"() => {{ const p = ({SLICE_PIXELS})(), e = {json.dumps(expected[::-1].tolist())};"
-                            " return p !== null && p.rows.every((row, r) => row.every((v, c) => Math.abs(v - e[r][c]) <= 2)); }",
-                      10_000)
-                shot = tmp_path / f"{front_end}_map.png"
-                page.screenshot(path=str(shot), full_page=True)
-                keep_screenshot(shot)
-                assert png_size(shot)[0] >= 1000 and shot.stat().st_size > 20_000
-                assert changed and captioned, (
-                    f"the z slice's image or caption did not change after its slider moved in {front_end}; "
-                    f"JavaScript errors: {log.js_errors()}")
-                after = page.evaluate(SLICE_PIXELS)
-                np.testing.assert_allclose(np.array(after["rows"])[::-1], expected, atol=2)
+                check_z_slice_follows_its_slider(
+                    page, average, lambda: _move_z_slider(page, front_end, from_index=10, to_index=7, size=SLICE_PX),
+                    tmp_path / f"{front_end}_map.png", log, front_end)
         finally:
             _stop(proc)
 

@@ -70,7 +70,6 @@ def test_demo_report_renders_every_figure_offline(demo_report, chromium, tmp_pat
 
 def _tiny_notebook(folder):
     """Three cells: simulate 40 particles and reconstruct; the session summary; a plotly figure of the map."""
-    import nbformat
     from nbformat.v4 import new_code_cell, new_notebook
 
     cells = [

@@ -128,6 +128,33 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait(timeout=10)
 
 
+def check_z_slice_follows_its_slider(page, average: np.ndarray, move, shot: Path, log, where: str) -> None:
+    """The z slice image shows ``average[10]``; after ``move()`` takes its slider from 10 to 7 it
+    shows ``average[7]`` (grey levels within 2) with the caption ``z = -12.0 Å``; a screenshot is kept."""
+    lo, hi = float(average.min()), float(average.max())
+    before = page.evaluate(SLICE_PIXELS)
+    assert before["width"] >= 200 and before["src"].startswith("blob:")
+    np.testing.assert_allclose(np.array(before["rows"])[::-1], _grey(average[10], lo, hi), atol=2)
+    move()
+    assert page.evaluate(READOUTS)[0] == "7"
+    # The kernel answers each step with a new PNG (slices 9, 8, 7), then its caption; wait for the
+    # last caption, then for the browser to load the image that came with it.
+    changed = _wait(page, f"() => {{ const p = ({SLICE_PIXELS})(); return p !== null && p.src !== {before['src']!r}; }}",
+                    20_000)
+    captioned = _wait(page, "() => document.body.innerText.includes('z = -12.0 Å')", 20_000)  # 4 Å * (7 - 10)
+    expected = _grey(average[7], lo, hi)
+    _wait(page, f"() => {{ const p = ({SLICE_PIXELS})(), e = {json.dumps(expected[::-1].tolist())};"
+                " return p !== null && p.rows.every((row, r) => row.every((v, c) => Math.abs(v - e[r][c]) <= 2)); }",
+          10_000)
+    page.screenshot(path=str(shot), full_page=True)
+    keep_screenshot(shot)
+    assert png_size(shot)[0] >= 1000 and shot.stat().st_size > 20_000
+    assert changed and captioned, (
+        f"the z slice's image or caption did not change after its slider moved in {where}; JavaScript errors: {log.js_errors()}")
+    after = page.evaluate(SLICE_PIXELS)
+    np.testing.assert_allclose(np.array(after["rows"])[::-1], expected, atol=2)
+
+
 def test_voila_slider_updates_the_slice_image(chromium, tmp_path):
     pytest.importorskip("voila", reason="voila is not installed (`pip install voila`)")
     import nbformat
@@ -167,33 +194,14 @@ def test_voila_slider_updates_the_slice_image(chromium, tmp_path):
                 assert page.evaluate(READOUTS)[:3] == ["10", "10", "10"]  # the central slices of a 20-pixel box
                 assert page.locator(".js-plotly-plot").count() == 0  # no plotly bundle unless the 3D view is asked for
                 average = np.load(tmp_path / "average.npy")
-                lo, hi = float(average.min()), float(average.max())
-                before = page.evaluate(SLICE_PIXELS)
-                assert before["width"] >= 200 and before["src"].startswith("blob:")
-                np.testing.assert_allclose(np.array(before["rows"])[::-1], _grey(average[10], lo, hi), atol=2)
-
                 z_handle = page.locator(".widget-slider .noUi-handle").nth(0)
-                z_handle.focus()
-                for _ in range(3):
-                    z_handle.press("ArrowLeft")
-                assert page.evaluate(READOUTS)[0] == "7"
-                # The kernel answers each key press with a new PNG (slices 9, 8, 7), then its caption; wait for the
-                # last caption, then for the browser to load the image that came with it.
-                changed = _wait(page, f"() => {{ const p = ({SLICE_PIXELS})(); return p !== null && p.src !== {before['src']!r}; }}",
-                                20_000)
-                captioned = _wait(page, "() => document.body.innerText.includes('z = -12.0 Å')", 20_000)  # 4 Å * (7 - 10)
-                expected = _grey(average[7], lo, hi)
-                _wait(page, f"() => {{ const p = ({SLICE_PIXELS})(), e = {json.dumps(expected[::-1].tolist())};"
-                            " return p !== null && p.rows.every((row, r) => row.every((v, c) => Math.abs(v - e[r][c]) <= 2)); }",
-                      10_000)
-                shot = tmp_path / "voila_map.png"
-                page.screenshot(path=str(shot), full_page=True)
-                keep_screenshot(shot)
-                assert png_size(shot)[0] >= 1000 and shot.stat().st_size > 20_000
-                assert changed and captioned, (
-                    f"the z slice's image or caption did not change after its slider moved; JavaScript errors: {log.js_errors()}")
-                after = page.evaluate(SLICE_PIXELS)
-                np.testing.assert_allclose(np.array(after["rows"])[::-1], expected, atol=2)
+
+                def press_left_three_times() -> None:
+                    z_handle.focus()
+                    for _ in range(3):
+                        z_handle.press("ArrowLeft")
+
+                check_z_slice_follows_its_slider(page, average, press_left_three_times, tmp_path / "voila_map.png", log, "Voilà")
         finally:
             _stop(proc)
 
