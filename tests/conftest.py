@@ -51,3 +51,16 @@ def relion_half_maps(star, pixel_size_angstrom: float, out_dir, prefix: str = "r
         )
         maps.append(torch.as_tensor(read_map(mrc, pixel_size_angstrom=pixel_size_angstrom)[0]))
     return maps
+
+
+def simulated_session(folder, *, n_particles, box_size, pixel_size_angstrom, snr, hinge_max_deg, seed, n_gaussians, fit_steps):
+    """A small simulated dataset in ``folder``, opened on the CPU, reconstructed and with one GMM
+    per half map; returns ``(session, simulated dataset)``."""
+    import gmmsession as gs
+
+    sim = gs.simulate(folder, n_particles=n_particles, box_size=box_size, pixel_size_angstrom=pixel_size_angstrom, snr=snr,
+                      hinge_max_deg=hinge_max_deg, seed=seed)
+    s = gs.Session.from_star(sim.particles_star, device="cpu")
+    s.reconstruct(progress=False)
+    s.build_gmm(n_gaussians=n_gaussians, n_iter=fit_steps, progress=False)
+    return s, sim

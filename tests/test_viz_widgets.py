@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-import gmmsession as gs
+from tests.conftest import simulated_session
 from gmmsession.data.io.mrc import read_map
 from gmmsession.viz import viewmodels as vm
 
@@ -21,12 +21,8 @@ pytest.importorskip("anywidget")  # plotly 7's FigureWidget needs it
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    d = tmp_path_factory.mktemp("viz")
-    sim = gs.simulate(d / "data", n_particles=40, box_size=20, pixel_size_angstrom=4.0, snr=0.5, hinge_max_deg=20.0, seed=3)
-    s = gs.Session.from_star(sim.particles_star, device="cpu")
-    s.reconstruct(progress=False)
-    s.build_gmm(n_gaussians=40, n_iter=10, progress=False)
-    return s, sim
+    return simulated_session(tmp_path_factory.mktemp("viz") / "data", n_particles=40, box_size=20, pixel_size_angstrom=4.0,
+                             snr=0.5, hinge_max_deg=20.0, seed=3, n_gaussians=40, fit_steps=10)
 
 
 @pytest.fixture(scope="module")

@@ -10,17 +10,14 @@ import xarray as xr
 from scipy.stats import spearmanr
 
 import gmmsession as gs
+from tests.conftest import simulated_session
 from gmmsession.data.errors import GmmsessionInputError
 
 
 @pytest.fixture(scope="module")
 def hinge_session(tmp_path_factory):
-    d = tmp_path_factory.mktemp("het")
-    sim = gs.simulate(d / "data", n_particles=600, box_size=40, pixel_size_angstrom=2.4, snr=0.3, hinge_max_deg=20.0, seed=3)
-    s = gs.Session.from_star(sim.particles_star, device="cpu")
-    s.reconstruct(progress=False)
-    s.build_gmm(n_gaussians=400, n_iter=120, progress=False)
-    return s, sim
+    return simulated_session(tmp_path_factory.mktemp("het") / "data", n_particles=600, box_size=40, pixel_size_angstrom=2.4,
+                             snr=0.3, hinge_max_deg=20.0, seed=3, n_gaussians=400, fit_steps=120)
 
 
 def test_latent_follows_the_hinge_in_each_half(hinge_session):
@@ -123,12 +120,8 @@ TINY = {"latent_dim": 2, "n_anchors": 8, "hidden": 16, "batch_size": 8}
 
 @pytest.fixture(scope="module")
 def tiny_session(tmp_path_factory):
-    d = tmp_path_factory.mktemp("het_tiny")
-    sim = gs.simulate(d / "data", n_particles=40, box_size=24, pixel_size_angstrom=4.0, snr=0.5, hinge_max_deg=20.0, seed=3)
-    s = gs.Session.from_star(sim.particles_star, device="cpu")
-    s.reconstruct(progress=False)
-    s.build_gmm(n_gaussians=60, n_iter=30, progress=False)
-    return s, sim
+    return simulated_session(tmp_path_factory.mktemp("het_tiny") / "data", n_particles=40, box_size=24, pixel_size_angstrom=4.0,
+                             snr=0.5, hinge_max_deg=20.0, seed=3, n_gaussians=60, fit_steps=30)
 
 
 def _state(h):

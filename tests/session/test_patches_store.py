@@ -6,6 +6,7 @@ import pytest
 import xarray as xr
 
 import gmmsession as gs
+from tests.conftest import simulated_session
 from gmmsession.algorithms.align import AlignConfig
 from gmmsession.algorithms.patches import mask_centre_radius
 from gmmsession.data.errors import GmmsessionInputError
@@ -18,10 +19,8 @@ FAST = dict(gmm_fit_steps=3, chunk_size=40, progress=False, align=AlignConfig(n_
 def tiny(tmp_path_factory):
     """A 20-px, 24-particle session with a GMM, saved (``base.gmms``); and a sphere mask on its +x side."""
     d = tmp_path_factory.mktemp("patches_store")
-    sim = gs.simulate(d / "sim", n_particles=24, box_size=20, pixel_size_angstrom=3.6, snr=1.0, hinge_max_deg=0.0, seed=2)
-    s = gs.Session.from_star(sim.particles_star, device="cpu")
-    s.reconstruct(progress=False)
-    s.build_gmm(n_gaussians=20, n_iter=3, progress=False)
+    s, _ = simulated_session(d / "sim", n_particles=24, box_size=20, pixel_size_angstrom=3.6, snr=1.0, hinge_max_deg=0.0, seed=2,
+                             n_gaussians=20, fit_steps=3)
     sphere = soft_sphere_mask_3d(20, 4.0, 2.0, (4.0, 0.0, 0.0)).numpy()
     return d, s.save(d / "base.gmms"), sphere
 
