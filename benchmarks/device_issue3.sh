@@ -17,11 +17,7 @@
 set -u
 # The device tool returns only the last 12,000 characters of output: keep the whole log in $OUT.
 if [ -n "${OUT:-}" ]; then exec > >(tee "$OUT/device_issue3.log") 2>&1; fi
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  rm -f .devpkgs/gemmi.py  # a placeholder that only lets imports pass where the wheel is absent
-fi
-export PYTHONPATH=/tmp/site:$PWD/.devpkgs:$PWD PYTHONUNBUFFERED=1
+source "$(dirname "$0")/device_env.sh"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 timeout 100 python3 -m pytest -q -k "cuda" tests/kernels tests/algorithms -p no:cacheprovider 2>&1 | tail -15

@@ -13,12 +13,7 @@
 #   run(command="bash benchmarks/device_issue45.sh", carry=[".devpkgs", ".whl"], timeout_s=590)
 set -u
 if [ -n "${OUT:-}" ]; then exec > >(tee "$OUT/device_issue45.log") 2>&1; fi
-DEV=${DEVROOT:-$PWD}
-if ls "$DEV"/.whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$DEV"/.whl/*.whl
-  rm -f "$DEV"/.devpkgs/gemmi.py
-fi
-export PYTHONPATH=/tmp/site:$DEV/.devpkgs:$PWD PYTHONUNBUFFERED=1
+source "$(dirname "$0")/device_env.sh"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 if [ "${TESTS:-1}" = 1 ]; then

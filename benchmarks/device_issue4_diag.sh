@@ -3,12 +3,7 @@
 # 5,000-particle hinge (box 96, 1 Å/px, +-20 deg). Log in $OUT/device_issue4_diag.log.
 set -u
 if [ -n "${OUT:-}" ]; then exec > >(tee "$OUT/device_issue4_diag.log") 2>&1; fi
-DEV=${DEVROOT:-$PWD}
-if ls "$DEV"/.whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$DEV"/.whl/*.whl
-  rm -f "$DEV"/.devpkgs/gemmi.py
-fi
-export PYTHONPATH=/tmp/site:$DEV/.devpkgs:$PWD PYTHONUNBUFFERED=1
+source "$(dirname "$0")/device_env.sh"
 nvidia-smi --query-gpu=name --format=csv,noheader
 timeout ${T4:-280} python3 benchmarks/bench_focus_patches.py --n 5000 --box 96 --pixel-size 1.0 --hinge 20 --k 4 8 \
   --patch-patience 3 --work /tmp/focus96 --focus-align default "scoring='frc',band_average='ring'" \
