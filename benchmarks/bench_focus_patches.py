@@ -199,6 +199,7 @@ def main() -> None:
         for j, spec in enumerate(args.focus_align):
             name = "focused" if j == 0 else f"focused_{j}"
             f = stage(name, lambda spec=spec: run_focus(spec))
+            f.save(work / f"{name}.gmms")  # for later analysis (and Patches.add)
             tag = "focused (moving)" if spec == "default" else f"focused {spec}"
             out = report(tag, f)
             if j == 0 or out["moving domain vs truth @0.5 (Å)"] < res["focus"]["moving domain vs truth @0.5 (Å)"]:
@@ -212,6 +213,7 @@ def main() -> None:
         for k in args.k:
             name = "patches" if k == args.k[0] else f"patches_k{k}"
             p_s = stage(name, lambda k=k: run_patches(k))
+            p_s.save(work / f"{name}.gmms")  # with its patches (s.last_patches), for later analysis
             out = report(f"patches K={k}", p_s, poses=False)
             if "patches" not in res or out["moving domain vs truth @0.5 (Å)"] < res["patches"]["moving domain vs truth @0.5 (Å)"]:
                 res["patches"] = out
