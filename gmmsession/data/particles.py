@@ -57,6 +57,7 @@ __all__ = [
     "check_unique_keys",
     "duplicate_particle_error",
     "check_optics_groups",
+    "check_one_grid",
 ]
 
 _PARTICLE_UNITS = {
@@ -302,6 +303,46 @@ def check_optics_groups(particles: xr.Dataset, optics: xr.Dataset, path: str | o
             f"{path}: optics group {g} is referenced by particle {first} but not defined in the optics table "
             f"(defined: {sorted(known)})"
         )
+
+
+def check_one_grid(
+    particles: xr.Dataset, optics: xr.Dataset, path: str | os.PathLike | None = None, *, pixel_size: bool = True, step: str | None = None
+) -> None:
+    """Raise if the optics groups that hold particles differ in box (and, with ``pixel_size``, in pixel size).
+
+    Images of different boxes cannot be processed together at all, so a session refuses them
+    when it opens (``pixel_size=False``). Reconstruction inserts each particle at its own pixel
+    size, but alignment and the heterogeneity networks score every particle on the first
+    group's pixel grid: a second pixel size would be aligned at the wrong scale, silently, so
+    those steps (``step`` names them) refuse it. RELION 3.1 rescales such groups on the fly;
+    here they must be rescaled to one pixel size first. A box of 0 (not in the file) is not
+    compared; pixel sizes agree within 1e-4 relative (a star file's ``%.6f`` at ~1 Å).
+    """
+    where = path if path is not None else particles.attrs.get("source_path", "<particles>")
+    used = set(np.unique(particles["optics_group"].values).tolist())
+    groups = [int(g) for g in optics["optics_group"].values if int(g) in used]
+    if len(groups) < 2:
+        return
+    o = optics.sel(optics_group=groups)
+    px = np.asarray(o["pixel_size_angstrom"].values, dtype=np.float64)
+    box = np.asarray(o["box_size"].values, dtype=np.int64)
+    known = box > 0
+    box_bad = known & known[0] & (box != box[0])
+    px_bad = (np.abs(px - px[0]) > 1e-4 * px[0]) if pixel_size else np.zeros_like(box_bad)
+    if not (px_bad.any() or box_bad.any()):
+        return
+    j = int(np.flatnonzero(px_bad | box_bad)[0])
+    what = f"optics groups {groups[0]} ({px[0]:g} Å/px, box {box[0]}) and {groups[j]} ({px[j]:g} Å/px, box {box[j]}) differ"
+    if box_bad[j]:
+        raise GmmsessionInputError(
+            f"{where}: {what}; gmmsession processes all particles in one box: re-extract them to one box (and pixel size) "
+            "first, or split the star file by optics group"
+        )
+    raise GmmsessionInputError(
+        f"{where}: {what}; {step or 'this step'} scores every particle on one pixel grid (RELION 3.1 rescales such groups, "
+        "gmmsession does not yet): rescale the particles to one pixel size first (e.g. relion_image_handler "
+        "--rescale_angpix), or split the star file by optics group. Reconstruction and FSC work as they are."
+    )
 
 
 def check_poses(particles: xr.Dataset, path: str | os.PathLike | None = None) -> None:

@@ -32,7 +32,7 @@ from gmmsession.data.io.export import export_star as _export_star
 from gmmsession.data.io.mrc import read_map, write_map
 from gmmsession.data.io.relion import read_relion_star
 from gmmsession.data.io.stack import ParticleImageReader
-from gmmsession.data.particles import ParticleSet, check_half_sets, check_poses
+from gmmsession.data.particles import ParticleSet, check_half_sets, check_one_grid, check_poses
 from gmmsession.kernels.conventions import matrix_to_euler_relion
 from gmmsession.kernels.device import resolve_device
 from gmmsession.kernels.masks import sample_volume_at
@@ -167,6 +167,7 @@ class Session:
 
     @classmethod
     def _from_set(cls, pset: ParticleSet, name: str, params: dict, t: Timer, seed: int, device: Any) -> "Session":
+        check_one_grid(pset.particles, pset.optics, params.get("path"), pixel_size=False)
         metrics: dict[str, Any] = {"half_source": pset.particles.attrs.get("half_source", "file")}
         s = cls(pset, device=device)
         counts = np.bincount(pset.particles["half"].values, minlength=3)
@@ -387,6 +388,7 @@ class Session:
         from gmmsession.algorithms.heterogeneity import HeterogeneityConfig
         from gmmsession.session.heterogeneity import Heterogeneity
 
+        check_one_grid(self.particles, self.optics, step="heterogeneity")
         if self._gmm is None:
             raise RuntimeError("no GMM yet: call session.build_gmm() first")
         config = HeterogeneityConfig(latent_dim=latent_dim, n_epochs=n_epochs, **options)
@@ -477,6 +479,7 @@ class Session:
     ) -> StepRecord:
         """The refinement loop behind :meth:`refine_global`, :meth:`Focus.refine` and
         :meth:`Patches.refine` (``focus_mask`` a volume or None; ``label`` names the progress bar)."""
+        check_one_grid(self.particles, self.optics, step=name)
         if self._half_maps is None:
             raise RuntimeError("no half maps yet: call session.reconstruct() first")
         check_half_sets(self.particles)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import mrcfile
 import numpy as np
+import pandas as pd
 import pytest
 import starfile
 
@@ -12,7 +13,7 @@ from gmmsession.data.errors import GmmsessionInputError
 from gmmsession.data.io.export import export_star
 from gmmsession.data.io.relion import read_relion_star
 from gmmsession.data.io.stack import NonFiniteImageError, ParticleImageReader
-from gmmsession.data.particles import check_half_sets, split_random_halves
+from gmmsession.data.particles import check_half_sets, check_one_grid, split_random_halves
 
 from .synth import optics_table, particles_table, random_images, relion31_set, write_stack
 
@@ -187,3 +188,48 @@ def test_export_over_the_input_is_refused(tmp_path):
         export_star(other, ps, inputs=[other])
     assert star.read_bytes() == before and other.read_text() == "x"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(listing + ["other_input.star"])
+
+
+def _two_group_star(tmp_path, pixel_sizes, boxes, groups_used=(1, 2)):
+    optics = pd.concat([optics_table(pixel_size=px, box=b, groups=(g,)) for g, px, b in zip((1, 2), pixel_sizes, boxes)],
+                       ignore_index=True)
+    particles = pd.concat([particles_table([f"{i}@s{g}.mrcs" for i in (1, 2)], seed=g, optics_group=g) for g in groups_used],
+                          ignore_index=True)
+    return _write(tmp_path, particles, optics)
+
+
+def test_optics_groups_with_two_boxes_are_refused_when_a_session_opens(tmp_path):
+    import gmmsession as gs
+
+    star = _two_group_star(tmp_path, (1.5, 1.5), (16, 20))
+    read_relion_star(star)  # reading (e.g. to convert or export) is still fine
+    with pytest.raises(GmmsessionInputError, match=r"p\.star: optics groups 1 \(1\.5 Å/px, box 16\) and 2 \(1\.5 Å/px, box 20\) "
+                                                   r"differ; gmmsession processes all particles in one box"):
+        gs.Session.from_star(star)
+
+
+@pytest.mark.parametrize("step", ["refine_global", "heterogeneity"])
+def test_optics_groups_with_two_pixel_sizes_are_refused_by_alignment(tmp_path, step):
+    """Reconstruction inserts each particle at its own pixel size, but alignment and the networks
+    score all particles on one pixel grid: a second pixel size would be aligned at the wrong
+    scale without a word, so those steps say which groups differ (before needing maps)."""
+    import gmmsession as gs
+
+    star = _two_group_star(tmp_path, (1.25, 1.24), (16, 16))
+    s = gs.Session.from_star(star)  # opens: reconstruction and FSC handle it
+    with pytest.raises(GmmsessionInputError, match=r"p\.star: optics groups 1 \(1\.25 Å/px, box 16\) and 2 \(1\.24 Å/px, box 16\) "
+                                                   rf"differ; {step} scores every particle on one pixel grid"):
+        s.refine_global(progress=False) if step == "refine_global" else s.heterogeneity(progress=False)
+
+
+def test_optics_groups_on_one_grid_or_unused_open(tmp_path):
+    import gmmsession as gs
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    same = _two_group_star(tmp_path / "a", (1.5, 1.5), (16, 16))
+    assert gs.Session.from_star(same).particles.sizes["particle"] == 4
+    ps = read_relion_star(same)
+    check_one_grid(ps.particles, ps.optics)
+    unused = _two_group_star(tmp_path / "b", (1.5, 1.5), (16, 20), groups_used=(1,))
+    assert gs.Session.from_star(unused).particles.sizes["particle"] == 2  # group 2 is defined but holds no particle
