@@ -73,7 +73,6 @@ __all__ = [
     "train_half",
     "training_state",
     "encode_half",
-    "refine_latent",
     "latent_pca",
     "conformation_poses",
     "mean_conformation",
@@ -385,39 +384,6 @@ def encode_half(
     gmm = gmm.to(setup.device, torch.float32)
     out = [encoder(particle_features(gmm, decoder.weights, prepare_batch(images, p, setup), setup)).cpu() for images, p in batches]
     return torch.cat(out) if out else torch.zeros(0, encoder.latent_dim)
-
-
-def refine_latent(
-    latent: torch.Tensor,
-    batch: tuple[torch.Tensor, ...],
-    gmm: GmmTensors,
-    decoder: AnchorDecoder,
-    setup: ScoringGrid,
-    config: HeterogeneityConfig,
-    n_steps: int = 20,
-    learning_rate: float = 0.05,
-) -> torch.Tensor:
-    """Per-particle refinement of latent vectors (decoder fixed): Adam on ``-score + w |z|^2``.
-
-    The encoder gives an amortised guess; each particle's own score then moves its latent
-    point (the same objective the networks were trained on). Returns (n, latent_dim) detached.
-    """
-    gmm = gmm.to(setup.device, torch.float32)
-    z = latent.detach().to(setup.device).clone().requires_grad_(True)
-    opt = torch.optim.Adam([z], lr=learning_rate)
-    for p in decoder.parameters():
-        p.requires_grad_(False)
-    try:
-        for _ in range(n_steps):
-            with torch.enable_grad():
-                loss = (-_batch_scores(decoder(z), gmm, batch, setup) + config.latent_weight * z.square().sum(-1)).sum()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-            opt.step()
-    finally:
-        for p in decoder.parameters():
-            p.requires_grad_(True)
-    return z.detach()
 
 
 def latent_pca(latent: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
