@@ -449,7 +449,8 @@ def perturb_star_poses(
     Each rotation is composed with a rotation of exactly ``angle_deg`` about a random axis
     (``A' = A @ R``), and each origin moves by ``shift_angstrom`` in a random in-plane
     direction; every other column is kept. For refinement exercises and tests: the simulator's
-    truth is the unperturbed file.
+    truth is the unperturbed file. Relative stack paths in ``rlnImageName`` are rewritten
+    relative to ``out_path``'s folder, so the copy may be written anywhere.
     """
     from gmmsession.kernels.conventions import euler_relion_to_matrix, matrix_to_euler_relion
     from gmmsession.kernels.rotations import rotvec_to_matrix
@@ -465,5 +466,18 @@ def perturb_star_poses(
     phi = rng.uniform(0, 2 * np.pi, len(df))
     df["rlnOriginXAngst"] = df["rlnOriginXAngst"] + shift_angstrom * np.cos(phi)
     df["rlnOriginYAngst"] = df["rlnOriginYAngst"] + shift_angstrom * np.sin(phi)
+    df["rlnImageName"] = _rebase_image_names(df["rlnImageName"], Path(star_path).parent, Path(out_path).parent)
     blocks["particles"] = df
     return write_star_blocks(out_path, blocks)
+
+
+def _rebase_image_names(names: pd.Series, old_dir: Path, new_dir: Path) -> pd.Series:
+    """``N@stack`` names whose relative stack path resolves from ``old_dir``, rewritten to resolve
+    from ``new_dir`` (absolute paths are kept)."""
+    def rebase(name: str) -> str:
+        index, _, stack = str(name).partition("@")
+        if not stack or os.path.isabs(stack):
+            return name
+        return f"{index}@{os.path.relpath(old_dir.resolve() / stack, new_dir.resolve())}"
+
+    return names.map(rebase)

@@ -197,4 +197,17 @@ def test_perturb_star_poses_moves_each_pose_by_exactly_the_asked_amount(tmp_path
     assert torch.allclose(geodesic_angle_deg(ra, rb), torch.full((40,), 3.0, dtype=torch.float64), atol=1e-3)
     d = np.hypot(b["rlnOriginXAngst"] - a["rlnOriginXAngst"], b["rlnOriginYAngst"] - a["rlnOriginYAngst"])
     np.testing.assert_allclose(d, 1.5, atol=1e-4)
-    assert list(a.columns) == list(b.columns) and (a["rlnImageName"] == b["rlnImageName"]).all()
+    assert list(a.columns) == list(b.columns)
+    # written in another folder: the stack paths are rewritten, and both files read the same images
+    from gmmsession.data.io.relion import read_relion_star
+    from gmmsession.data.io.stack import ParticleImageReader
+
+    assert (b["rlnImageName"] != a["rlnImageName"]).all()
+    images = []
+    for path in (sim.particles_star, out):
+        ps = read_relion_star(path)
+        with ParticleImageReader(ps.particles, ps.optics) as reader:
+            images.append(reader.read(np.arange(40)))
+    np.testing.assert_array_equal(images[0], images[1])
+    same_folder = perturb_star_poses(sim.particles_star, sim.particles_star.parent / "p.star", angle_deg=3.0, shift_angstrom=1.5, seed=1)
+    assert (starfile.read(same_folder, always_dict=True)["particles"]["rlnImageName"] == a["rlnImageName"]).all()
