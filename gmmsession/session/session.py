@@ -366,7 +366,8 @@ class Session:
         Parameters
         ----------
         mask : optional mobility mask (MRC path, array, or boolean over Gaussians, as for
-            :meth:`focus`): only Gaussians inside it move, and the latent space describes that
+            :meth:`focus`): only Gaussians inside it (centre where the mask is >= 0.5) move, fully
+            (:func:`~gmmsession.session.heterogeneity.mobility_from_mask`), and the latent space describes that
             region (measured on the simulator's hinge: PC1 against the true hinge angle,
             Spearman 0.90 per half with the moving domain's mask, 0.75-0.80 without).
         latent_dim, n_epochs : size of the latent vector, passes over each half's particles.
@@ -591,7 +592,9 @@ class Session:
 
         Uses the models of the last :meth:`heterogeneity` (this session's, or reopened with it):
         per half, the decoder's GMM at each particle's latent point is rigidly superposed onto
-        the neutral GMM over the Gaussians inside ``mask``, weighted by mask x mass (weighted
+        the neutral GMM over the Gaussians inside ``mask`` (centre where the mask is >= 0.5;
+        the Gaussians of a soft edge's outside part do not move with the region and would pull
+        the superposition toward no motion), weighted by mask x mass (weighted
         Kabsch, :func:`~gmmsession.algorithms.heterogeneity.conformation_poses`), and the
         particle's pose becomes the pose at which the neutral region looks like its
         conformation. Then, as in the paper, ``refine_steps`` Adam steps (rate
@@ -633,9 +636,10 @@ class Session:
                 dev = decoder.neutral.device  # superposition and refinement where the decoder runs (GPU when there)
                 neutral = decoder.neutral.detach().to(torch.float64)
                 mass = gaussian_mass_voxel_units(gmm.amplitudes.cpu(), gmm.widths_angstrom.cpu(), self.pixel_size_angstrom).clamp_min(0)
-                weights = sample_volume_at(volume, neutral.cpu(), self.pixel_size_angstrom) * mass
+                inside = sample_volume_at(volume, neutral.cpu(), self.pixel_size_angstrom)
+                weights = inside * mass * (inside >= 0.5)  # the region's own Gaussians (a soft edge's outside ones do not move with it)
                 if float(weights.sum()) <= 0:
-                    raise GmmsessionInputError(f"the mask covers no Gaussian of half {h}'s GMM")
+                    raise GmmsessionInputError(f"the mask covers no Gaussian of half {h}'s GMM (none has its centre where the mask is >= 0.5)")
                 keep = torch.nonzero(weights > 0).squeeze(1)  # zero-weight Gaussians change neither fit: leave them out
                 weights, neutral = weights[keep].to(dev, torch.float64), neutral[keep.to(dev)]
                 idx = torch.as_tensor(np.flatnonzero(halves == h))
