@@ -77,14 +77,16 @@ class Focus:
         solvent_mask: str | os.PathLike | np.ndarray | xr.DataArray | None = None,
         align: AlignConfig | None = None,
         chunk_size: int = 1000,
-        patience: int = 1,
+        patience: int | None = None,
         gmm_fit_steps: int = 60,
         device: Any = None,
         progress: bool = True,
     ) -> StepRecord:
-        """Focused refinement (paper: 3 iterations). Keeps only iterations that improve the FSC
-        within the focus mask; ``solvent_mask`` is used for the whole-map FSC that is reported
-        alongside. Returns the step record (``refine_focus``); the mask becomes the session's
+        """Focused refinement (paper: 3 iterations). Runs all ``n_iter`` iterations (``patience``
+        None; an int stops after that many iterations in a row without improvement) and keeps
+        the best by the FSC within the focus mask: a focused run's first iteration often scores
+        below its start while the poses leave the consensus, and improves after. ``solvent_mask``
+        is used for the whole-map FSC that is reported alongside. Returns the step record (``refine_focus``); the mask becomes the session's
         :attr:`~gmmsession.Session.focus_mask` (saved with it; ``Patches.add`` uses it)."""
         step = self._session._refine(
             "refine_focus", n_iter, mask=solvent_mask, focus_mask=self.mask.values, align=align, chunk_size=chunk_size,

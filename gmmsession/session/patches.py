@@ -121,12 +121,18 @@ class Patches:
         solvent_mask: str | os.PathLike | np.ndarray | xr.DataArray | None = None,
         align: AlignConfig | None = None,
         chunk_size: int = 1000,
-        patience: int = 1,
+        patience: int | None = None,
         gmm_fit_steps: int = 60,
         device: Any = None,
         progress: bool = True,
     ) -> list[StepRecord]:
         """Focused refinement of each patch (paper: 3 iterations), each from the starting state.
+
+        Every patch runs all ``n_iter`` iterations (``patience`` None, as the paper; an int stops
+        a patch after that many iterations in a row without improving its mask's FSC) and keeps
+        its best. Measured on the simulator's hinge (K = 4): a patch whose first iteration did
+        not improve was stopped there with patience 1 and kept the global map (moving domain
+        3.66 Å in its mask); its third iteration reached 3.20 Å.
 
         ``patches`` selects which (default: all but the :attr:`added` ones, whose results came
         from elsewhere; naming one refines it from the starting state with its mask, replacing

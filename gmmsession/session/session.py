@@ -471,7 +471,7 @@ class Session:
         focus_mask: np.ndarray | None,
         align: AlignConfig | None,
         chunk_size: int,
-        patience: int,
+        patience: int | None,
         gmm_fit_steps: int,
         device: Any,
         progress: bool,
@@ -489,7 +489,8 @@ class Session:
             self.build_gmm(mask=mask, device=device, progress=progress)
         dev = resolve_device(device if device is not None else self._device)
         config = GlobalRefineConfig(
-            n_iter=n_iter, align=align if align is not None else AlignConfig(), chunk_size=chunk_size, patience=patience,
+            n_iter=n_iter, align=align if align is not None else AlignConfig(), chunk_size=chunk_size,
+            patience=max(n_iter, 1) if patience is None else patience,
             gmm=GmmBuildConfig(n_iter=gmm_fit_steps), device=str(dev), reconstruct=ReconstructConfig(symmetry=self.symmetry),
         )
         mask_t = None if mask is None else torch.as_tensor(self._load_mask(mask))

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import gmmsession as gs
+from gmmsession.algorithms.align import AlignConfig
 from gmmsession.algorithms.refine import focused_reference
 from gmmsession.algorithms.simulate import perturb_star_poses
 from gmmsession.data.errors import GmmsessionInputError
@@ -62,6 +63,30 @@ def test_session_focus_refine_records_both_fscs(hinge_session):
         assert float(np.sum(s.fsc(mask=focus.mask.values).values[1:])) > float(np.sum(s0.fsc(mask=focus.mask.values).values[1:]))
     else:
         assert np.array_equal(s.particles["rot_deg"].values, s0.particles["rot_deg"].values)
+
+
+@pytest.mark.parametrize("patience, iterations", [(None, 3), (1, 1)])
+def test_focused_and_patch_refinement_run_every_iteration_by_default(hinge_session, monkeypatch, patience, iterations):
+    """The paper runs 3 focused iterations (per patch too); a first iteration that scores below
+    the start no longer ends the run (patience None), while an int patience still stops early.
+    The FSC quality is made to fall every iteration, so only the stopping rule decides."""
+    import itertools
+
+    import gmmsession.algorithms.refine as refine
+
+    sim, s0, d = hinge_session
+    falling = itertools.count()
+    monkeypatch.setattr(refine, "fsc_quality", lambda fsc: -float(next(falling)))
+    s = gs.open_session(s0.save(d / f"before_patience_{patience}.gmms"))
+    kw = dict(n_iter=3, gmm_fit_steps=2, chunk_size=240, progress=False, align=AlignConfig(n_steps=1))
+    if patience is not None:
+        kw["patience"] = patience
+    s.focus(sim.domain_masks[1]).refine(**kw)
+    assert sum(r.name == "refine_focus_iteration" for r in s.history) == iterations
+    p = s.patches(k=2, mask=sim.mask)
+    (step,) = p.refine(patches=[0], **kw)
+    assert len(step.curves["iteration_improved"]) == iterations
+    assert step.metrics["accepted_iteration"] == 0  # none improved: the start is kept
 
 
 def test_focus_mask_from_gaussians_and_bad_masks(hinge_session):
