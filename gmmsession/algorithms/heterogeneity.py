@@ -74,6 +74,7 @@ __all__ = [
     "training_state",
     "encode_half",
     "latent_pca",
+    "mobility_from_mask",
     "conformation_poses",
     "mean_conformation",
     "refine_conformation_poses",
@@ -207,6 +208,19 @@ class AnchorDecoder(nn.Module):
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
         return self.neutral + self.weights @ self.anchor_displacements(latent)
+
+
+def mobility_from_mask(values: torch.Tensor) -> torch.Tensor:
+    """Mobility of each Gaussian from the mask's value at its centre: 1 inside (value >= 0.5,
+    as "inside" means everywhere in gmmsession), else 0.
+
+    Binary on purpose: a soft mask's edge (the particle's surface, the interface to the rest)
+    would otherwise move its Gaussians by only a fraction of the domain's motion, and the rigid
+    superposition of :meth:`gmmsession.Session.conf_to_pose`, over the same Gaussians, would
+    read a smaller rotation than the domain makes (5 % smaller with the simulator's soft domain
+    mask and an exact decoder).
+    """
+    return (values >= 0.5).to(values.dtype)
 
 
 def build_networks(

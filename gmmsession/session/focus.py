@@ -86,8 +86,9 @@ class Focus:
         None; an int stops after that many iterations in a row without improvement) and keeps
         the best by the FSC within the focus mask: a focused run's first iteration often scores
         below its start while the poses leave the consensus, and improves after. ``solvent_mask``
-        is used for the whole-map FSC that is reported alongside. Returns the step record (``refine_focus``); the mask becomes the session's
-        :attr:`~gmmsession.Session.focus_mask` (saved with it; ``Patches.add`` uses it)."""
+        is used for the whole-map FSC that is reported alongside. Returns the step record
+        (``refine_focus``); the mask becomes the session's :attr:`~gmmsession.Session.focus_mask`
+        (saved with it; ``Patches.add`` uses it)."""
         step = self._session._refine(
             "refine_focus", n_iter, mask=solvent_mask, focus_mask=self.mask.values, align=align, chunk_size=chunk_size,
             patience=patience, gmm_fit_steps=gmm_fit_steps, device=device, progress=progress,

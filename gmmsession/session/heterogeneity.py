@@ -39,6 +39,7 @@ from gmmsession.algorithms.heterogeneity import (
     build_networks,
     encode_half,
     latent_pca,
+    mobility_from_mask,
     network_state,
     networks_from_state,
     scoring_setup,
@@ -52,7 +53,7 @@ from gmmsession.data.gmm import GmmTensors, gmm_dataset, gmm_to_tensors
 from gmmsession.kernels.gmm import render_gaussians_3d
 from gmmsession.kernels.masks import sample_volume_at
 
-__all__ = ["Heterogeneity", "mobility_from_mask", "read_checkpoint", "write_checkpoint"]
+__all__ = ["Heterogeneity", "read_checkpoint", "write_checkpoint"]
 
 
 class Heterogeneity:
@@ -244,18 +245,6 @@ class Heterogeneity:
         n = 0 if self.latent is None else int(self.latent.sizes["particle"])
         last = {h: round(v[-1], 4) for h, v in self.losses.items() if v}
         return f"Heterogeneity({n} particles, latent_dim {self.config.latent_dim}, final loss per half {last})"
-
-
-def mobility_from_mask(values: torch.Tensor) -> torch.Tensor:
-    """Mobility of each Gaussian from the mask's value at its centre: 1 inside (value >= 0.5,
-    as "inside" means everywhere in gmmsession), else 0.
-
-    Binary on purpose: a soft mask's edge (the particle's surface, the interface to the rest)
-    would otherwise move its Gaussians by only a fraction of the domain's motion, and the rigid
-    superposition of :meth:`Session.conf_to_pose` would read a smaller rotation than the domain
-    makes (5 % smaller with the simulator's soft domain mask and an exact decoder).
-    """
-    return (values >= 0.5).to(values.dtype)
 
 
 # ---------------------------------------------------------------------- checkpoints

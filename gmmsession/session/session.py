@@ -367,7 +367,7 @@ class Session:
         ----------
         mask : optional mobility mask (MRC path, array, or boolean over Gaussians, as for
             :meth:`focus`): only Gaussians inside it (centre where the mask is >= 0.5) move, fully
-            (:func:`~gmmsession.session.heterogeneity.mobility_from_mask`), and the latent space describes that
+            (:func:`~gmmsession.algorithms.heterogeneity.mobility_from_mask`), and the latent space describes that
             region (measured on the simulator's hinge: PC1 against the true hinge angle,
             Spearman 0.90 per half with the moving domain's mask, 0.75-0.80 without).
         latent_dim, n_epochs : size of the latent vector, passes over each half's particles.
@@ -615,7 +615,12 @@ class Session:
 
         ``mask``: MRC path, array, or boolean over Gaussians, as for :meth:`focus`.
         """
-        from gmmsession.algorithms.heterogeneity import conformation_poses, mean_conformation, refine_conformation_poses
+        from gmmsession.algorithms.heterogeneity import (
+            conformation_poses,
+            mean_conformation,
+            mobility_from_mask,
+            refine_conformation_poses,
+        )
         from gmmsession.kernels.gmm import gaussian_mass_voxel_units
         from gmmsession.kernels.rotations import geodesic_angle_deg
 
@@ -638,7 +643,7 @@ class Session:
                 neutral = decoder.neutral.detach().to(torch.float64)
                 mass = gaussian_mass_voxel_units(gmm.amplitudes.cpu(), gmm.widths_angstrom.cpu(), self.pixel_size_angstrom).clamp_min(0)
                 inside = sample_volume_at(volume, neutral.cpu(), self.pixel_size_angstrom)
-                weights = inside * mass * (inside >= 0.5)  # the region's own Gaussians (a soft edge's outside ones do not move with it)
+                weights = inside * mass * mobility_from_mask(inside)  # the Gaussians that move with the region
                 if float(weights.sum()) <= 0:
                     raise GmmsessionInputError(f"the mask covers no Gaussian of half {h}'s GMM (none has its centre where the mask is >= 0.5)")
                 keep = torch.nonzero(weights > 0).squeeze(1)  # zero-weight Gaussians change neither fit: leave them out
