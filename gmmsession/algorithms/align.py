@@ -60,6 +60,7 @@ __all__ = [
     "scoring_grid",
     "prepare_batch",
     "refine_poses_chunk",
+    "refine_poses_per_pixel_size",
     "refine_poses",
     "concat_pose_updates",
 ]
@@ -474,6 +475,44 @@ def concat_pose_updates(updates: list[PoseUpdate]) -> PoseUpdate:
     if all(u.positions is not None for u in updates):
         positions = np.concatenate([u.positions for u in updates])
     return PoseUpdate(**fields, positions=positions)
+
+
+def refine_poses_per_pixel_size(
+    images: torch.Tensor,
+    params: ParticleTensors,
+    gmm_positions: torch.Tensor,
+    gmm_amplitudes: torch.Tensor,
+    gmm_sigmas: torch.Tensor,
+    config: AlignConfig = AlignConfig(),
+) -> PoseUpdate:
+    """:func:`refine_poses_chunk` for particles of optics groups with different pixel sizes (one box).
+
+    Each pixel size's particles are aligned against the GMM projected on their own pixel grid
+    (``params.pixel_size_angstrom``): the projection is analytic, so nothing is resampled (RELION
+    3.1 rescales such groups instead). The update comes back in the particles' order, on the
+    compute device.
+    """
+    pixel = params.pixel_size_angstrom
+    values = torch.unique(pixel).tolist()
+    if len(values) == 1:
+        return refine_poses_chunk(images, params, gmm_positions, gmm_amplitudes, gmm_sigmas, float(values[0]), config)
+    n = int(pixel.shape[0])
+    parts = []
+    for value in values:
+        sel = torch.nonzero(pixel == value).squeeze(-1)
+        update = refine_poses_chunk(images[sel.to(images.device)], params.select(sel), gmm_positions, gmm_amplitudes, gmm_sigmas,
+                                    float(value), config)
+        parts.append((sel, update))
+    fields = {}
+    for f in dataclasses.fields(PoseUpdate):
+        if f.name == "positions":
+            continue
+        first = getattr(parts[0][1], f.name)
+        out = first.new_empty((n, *first.shape[1:]))
+        for sel, update in parts:
+            out[sel.to(out.device)] = getattr(update, f.name)
+        fields[f.name] = out
+    return PoseUpdate(**fields)
 
 
 def refine_poses(

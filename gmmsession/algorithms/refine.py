@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from gmmsession.algorithms.align import AlignConfig, PoseUpdate, refine_poses_chunk
+from gmmsession.algorithms.align import AlignConfig, PoseUpdate, refine_poses_per_pixel_size
 from gmmsession.algorithms.gmm_build import GmmBuildConfig, build_gmm
 from gmmsession.algorithms.postprocess import FscResult, gold_standard_fsc
 from gmmsession.algorithms.reconstruct import ReconstructConfig, accumulate_chunk, finalise_half_maps
@@ -153,7 +153,8 @@ def refine_global(
     particles, optics : the particle set (poses of ``particles`` are the start).
     half_maps : (2, box, box, box) current half maps (half 1, half 2).
     gmm : {1: GmmTensors, 2: GmmTensors} current references, one per half.
-    pixel_size_angstrom : map and image pixel size (Å).
+    pixel_size_angstrom : pixel size of the maps (Å); each particle is aligned and inserted at its own
+        (``rlnImagePixelSize`` of its optics group; all groups share one box).
     config : GlobalRefineConfig
     mask : (box, box, box) solvent mask for the gold-standard FSC, or None.
     progress : ``progress(stage, done, total)`` with stage ``"align"`` (particles) per chunk.
@@ -208,7 +209,7 @@ def refine_global(
             params = dataclasses.replace(
                 chunk.params, rotation=rotation[pos].to(device), origin_angstrom=origin[pos].to(device)
             )
-            params = _aligned(chunk.images, params, chunk.halves, align_refs, pixel_size_angstrom, align_cfg, device, score, initial, pos)
+            params = _aligned(chunk.images, params, chunk.halves, align_refs, align_cfg, device, score, initial, pos)
             new_rot[pos] = params.rotation.cpu()
             new_origin[pos] = params.origin_angstrom.cpu()
             accumulate_chunk(chunk.images, params, chunk.halves, box, pixel_size_angstrom, config.reconstruct, accumulators)
@@ -262,14 +263,14 @@ def _aligned(
     params: ParticleTensors,
     halves: torch.Tensor,
     refs: dict[int, GmmTensors],
-    pixel_size_angstrom: float,
     config: AlignConfig,
     device: torch.device,
     score_out: torch.Tensor,
     initial_out: torch.Tensor,
     positions: torch.Tensor,
 ) -> ParticleTensors:
-    """``params`` with the rotations and origins refined, each half against its own reference."""
+    """``params`` with the rotations and origins refined, each half against its own reference
+    (each particle on its own pixel grid: optics groups may differ in pixel size)."""
     rotation = params.rotation.clone()
     origin = params.origin_angstrom.clone()
     for h in (1, 2):
@@ -278,9 +279,7 @@ def _aligned(
             continue
         sub = params.select(sel)
         g = refs[h].to(device)
-        upd = refine_poses_chunk(
-            images[sel], sub, g.positions_angstrom, g.amplitudes, g.widths_angstrom, pixel_size_angstrom, config
-        )
+        upd = refine_poses_per_pixel_size(images[sel], sub, g.positions_angstrom, g.amplitudes, g.widths_angstrom, config)
         rotation[sel] = upd.rotation.to(rotation.dtype)
         origin[sel] = upd.origin_angstrom.to(origin.dtype)
         score_out[positions[sel.cpu()]] = upd.score.detach().cpu().float()

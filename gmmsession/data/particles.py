@@ -311,12 +311,11 @@ def check_one_grid(
     """Raise if the optics groups that hold particles differ in box (and, with ``pixel_size``, in pixel size).
 
     Images of different boxes cannot be processed together at all, so a session refuses them
-    when it opens (``pixel_size=False``). Reconstruction inserts each particle at its own pixel
-    size, but alignment and the heterogeneity networks score every particle on the first
-    group's pixel grid: a second pixel size would be aligned at the wrong scale, silently, so
-    those steps (``step`` names them) refuse it. RELION 3.1 rescales such groups on the fly;
-    here they must be rescaled to one pixel size first. A box of 0 (not in the file) is not
-    compared; pixel sizes agree within 1e-4 relative (a star file's ``%.6f`` at ~1 Å).
+    when it opens (``pixel_size=False``). Reconstruction and refinement take each particle at
+    its own pixel size, but the heterogeneity networks score every particle on the first
+    group's pixel grid: a second pixel size would be scored at the wrong scale, silently, so
+    that step (``step`` names it) refuses it. A box of 0 (not in the file) is not compared;
+    pixel sizes agree within 1e-4 relative (a star file's ``%.6f`` at ~1 Å).
     """
     where = path if path is not None else particles.attrs.get("source_path", "<particles>")
     used = set(np.unique(particles["optics_group"].values).tolist())
@@ -339,9 +338,9 @@ def check_one_grid(
             "first, or split the star file by optics group"
         )
     raise GmmsessionInputError(
-        f"{where}: {what}; {step or 'this step'} scores every particle on one pixel grid (RELION 3.1 rescales such groups, "
-        "gmmsession does not yet): rescale the particles to one pixel size first (e.g. relion_image_handler "
-        "--rescale_angpix), or split the star file by optics group. Reconstruction and FSC work as they are."
+        f"{where}: {what}; {step or 'this step'} scores every particle on one pixel grid: rescale the particles to one "
+        "pixel size first (e.g. relion_image_handler --rescale_angpix), or split the star file by optics group. "
+        "Reconstruction and refinement take each group at its own pixel size."
     )
 
 

@@ -480,7 +480,6 @@ class Session:
     ) -> StepRecord:
         """The refinement loop behind :meth:`refine_global`, :meth:`Focus.refine` and
         :meth:`Patches.refine` (``focus_mask`` a volume or None; ``label`` names the progress bar)."""
-        check_one_grid(self.particles, self.optics, step=name)
         if self._half_maps is None:
             raise RuntimeError("no half maps yet: call session.reconstruct() first")
         check_half_sets(self.particles)
