@@ -101,7 +101,7 @@ def test_interrupt_keeps_last_finished_iteration(perturbed, monkeypatch):
     s = gs.open_session(s0.save(s0.particles.attrs["source_path"].replace("perturbed.star", "before2.gmms")))
     import gmmsession.algorithms.refine as refine_mod
 
-    real = refine_mod.refine_poses_chunk
+    real = refine_mod.refine_poses_per_pixel_size
     calls = {"n": 0}
 
     def interrupting(*args, **kwargs):
@@ -110,7 +110,7 @@ def test_interrupt_keeps_last_finished_iteration(perturbed, monkeypatch):
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(refine_mod, "refine_poses_chunk", interrupting)
+    monkeypatch.setattr(refine_mod, "refine_poses_per_pixel_size", interrupting)
     step = s.refine_global(n_iter=3, patience=3, gmm_fit_steps=5, chunk_size=150, progress=False)
     assert step.metrics["interrupted"] is True
     iters = [r for r in s.history if r.name == "refine_global_iteration"]
