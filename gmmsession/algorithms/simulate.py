@@ -472,12 +472,14 @@ def perturb_star_poses(
 
 
 def _rebase_image_names(names: pd.Series, old_dir: Path, new_dir: Path) -> pd.Series:
-    """``N@stack`` names whose relative stack path resolves from ``old_dir``, rewritten to resolve
-    from ``new_dir`` (absolute paths are kept)."""
-    def rebase(name: str) -> str:
-        index, _, stack = str(name).partition("@")
-        if not stack or os.path.isabs(stack):
-            return name
-        return f"{index}@{os.path.relpath(old_dir.resolve() / stack, new_dir.resolve())}"
+    """Image names (``N@stack``, or a bare image path) whose relative path resolves from
+    ``old_dir``, rewritten to resolve from ``new_dir`` (absolute paths and ``N@`` as written are kept)."""
+    from gmmsession.data.io.relion import parse_image_names
 
-    return names.map(rebase)
+    text = names.astype(str).to_numpy()
+    stacks, _ = parse_image_names(text, old_dir)
+    out = [
+        name if os.path.isabs(stack) else name[: len(name) - len(stack)] + os.path.relpath(old_dir.resolve() / stack, new_dir.resolve())
+        for name, stack in zip(text, stacks)
+    ]
+    return pd.Series(out, index=names.index)
