@@ -43,6 +43,7 @@ from gmmsession.kernels.filters import lowpass_3d
 from gmmsession.kernels.fourier import irfft_centered_3d, rfft_centered_3d, rfft_frequencies_3d
 from gmmsession.kernels.fsc import shell_index_rfft, shell_sums_rfft
 from gmmsession.kernels.locres import local_resolution_3d
+from gmmsession.kernels.masks import MASK_INSIDE
 
 __all__ = [
     "LocalResolutionResult",
@@ -144,7 +145,7 @@ def local_resolution(
     )
     res_map = out.resolution_map.detach().cpu().numpy()
     if mask is not None:
-        inside = (mask.detach().cpu().numpy() >= 0.5) & np.isfinite(res_map)
+        inside = (mask.detach().cpu().numpy() >= MASK_INSIDE) & np.isfinite(res_map)
     else:
         inside = np.isfinite(res_map)
     median = float(np.median(res_map[inside])) if inside.any() else math.nan
@@ -171,7 +172,7 @@ def local_resolution(
     )
 
 
-def summarize_by_masks(resolution_map: np.ndarray, masks: np.ndarray | torch.Tensor, threshold: float = 0.5) -> pd.DataFrame:
+def summarize_by_masks(resolution_map: np.ndarray, masks: np.ndarray | torch.Tensor, threshold: float = MASK_INSIDE) -> pd.DataFrame:
     """Local-resolution statistics inside each of several masks (e.g. the refinement patches).
 
     Parameters

@@ -57,6 +57,7 @@ from gmmsession.data.gmm import GmmTensors
 from gmmsession.algorithms.align import ScoringGrid, prepare_batch, scoring_grid
 from gmmsession.kernels.conventions import image_shift_angstrom_from_origin, origin_angstrom_from_image_shift
 from gmmsession.kernels.gmm import project_gaussians_rfft_2d
+from gmmsession.kernels.masks import MASK_INSIDE
 from gmmsession.kernels.rotations import geodesic_angle_deg, kabsch_superposition, rotvec_to_matrix
 
 __all__ = [
@@ -211,8 +212,8 @@ class AnchorDecoder(nn.Module):
 
 
 def mobility_from_mask(values: torch.Tensor) -> torch.Tensor:
-    """Mobility of each Gaussian from the mask's value at its centre: 1 inside (value >= 0.5,
-    as "inside" means everywhere in gmmsession), else 0.
+    """Mobility of each Gaussian from the mask's value at its centre: 1 inside (value >=
+    :data:`~gmmsession.kernels.masks.MASK_INSIDE`, as everywhere in gmmsession), else 0.
 
     Binary on purpose: a soft mask's edge (the particle's surface, the interface to the rest)
     would otherwise move its Gaussians by only a fraction of the domain's motion, and the rigid
@@ -220,7 +221,7 @@ def mobility_from_mask(values: torch.Tensor) -> torch.Tensor:
     read a smaller rotation than the domain makes (5 % smaller with the simulator's soft domain
     mask and an exact decoder).
     """
-    return (values >= 0.5).to(values.dtype)
+    return (values >= MASK_INSIDE).to(values.dtype)
 
 
 def build_networks(
@@ -229,16 +230,16 @@ def build_networks(
     """A fresh encoder and decoder for one half's GMM (seeded by ``config.seed``).
 
     With ``mobility`` (G,) in [0, 1] (a focus mask at the centres) the anchors are K-means of
-    the Gaussians with mobility > 0.5 (so all anchors sit where things move) and the decoder
+    the Gaussians with mobility >= ``MASK_INSIDE`` (so all anchors sit where things move) and the decoder
     moves each Gaussian in proportion to its mobility. Measured on the simulator's hinge (SNR
     0.1, box 48, 500 particles per half): PC1 against the true hinge angle, Spearman 0.90 in
     both halves with the moving domain's mask, 0.75-0.80 without a mask.
     """
     pos, amp = gmm.positions_angstrom, gmm.amplitudes
     if mobility is not None:
-        keep = mobility.detach().cpu() > 0.5
+        keep = mobility.detach().cpu() >= MASK_INSIDE
         if int(keep.sum()) == 0:
-            raise ValueError("the mobility mask covers no Gaussian (no centre has mobility > 0.5)")
+            raise ValueError(f"the mobility mask covers no Gaussian (no centre has mobility >= {MASK_INSIDE})")
         pos, amp = pos[keep.to(pos.device)], amp[keep.to(pos.device)]
     anchors = anchor_points(pos, amp, config.n_anchors, seed=config.seed)
     torch.manual_seed(config.seed)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from gmmsession.kernels.masks import sample_volume_at, soft_sphere_mask_3d
+from gmmsession.kernels.masks import MASK_INSIDE, sample_volume_at, soft_sphere_mask_3d
 
 __all__ = ["PatchLayout", "patch_layout", "patch_masks", "molecule_gaussians", "mask_centre_radius", "composite_half_maps", "PATCH_SOFT_EDGE_PX"]
 
@@ -87,7 +87,7 @@ def molecule_gaussians(
     A GMM fitted to a whole box also places some Gaussians on solvent noise, far from the
     particle; one such member would make its patch's sphere (radius = farthest member) cover
     most of the molecule. A Gaussian belongs to the molecule where ``mask`` (values in [0, 1])
-    is at least 0.5 at its centre, or, without a mask, where ``density`` at its centre is at
+    is at least :data:`~gmmsession.kernels.masks.MASK_INSIDE` at its centre, or, without a mask, where ``density`` at its centre is at
     least :func:`~gmmsession.algorithms.gmm_build.density_threshold` of ``density`` (the level
     the GMM's K-means seeding uses).
 
@@ -108,12 +108,12 @@ def molecule_gaussians(
     pos = np.asarray(positions_angstrom, dtype=np.float64).reshape(-1, 3)
     finite = np.isfinite(pos).all(axis=1)
     region = torch.as_tensor(np.asarray(mask if mask is not None else density), dtype=torch.float64)
-    level = 0.5 if mask is not None else density_threshold(region)
+    level = MASK_INSIDE if mask is not None else density_threshold(region)
     values = sample_volume_at(region, torch.as_tensor(np.where(finite[:, None], pos, 0.0)), pixel_size_angstrom).numpy()
     return finite & (values >= level)
 
 
-def mask_centre_radius(mask: np.ndarray, pixel_size_angstrom: float, threshold: float = 0.5) -> tuple[np.ndarray, float]:
+def mask_centre_radius(mask: np.ndarray, pixel_size_angstrom: float, threshold: float = MASK_INSIDE) -> tuple[np.ndarray, float]:
     """Centre and radius of a (soft) mask, to place a patch that was given as a mask.
 
     Parameters

@@ -23,8 +23,14 @@ import torch
 from gmmsession.kernels.conventions import real_space_center_index
 from gmmsession.kernels.gmm import render_gaussians_3d
 
+#: A voxel, or a Gaussian's centre, is inside a soft mask (values in [0, 1]) where the mask is
+#: at least this value: the middle of a raised-cosine edge. Every "inside" in gmmsession
+#: (patch members and radii, the Gaussians that move with a region, local-resolution medians,
+#: mask outlines) uses it.
+MASK_INSIDE = 0.5
+
 __all__ = [
-    "soft_sphere_mask_3d", "threshold_mask_3d", "squared_distance_to_mask_3d", "sample_volume_at", "width_masked_sigmas", "gaussian_selection_mask",
+    "MASK_INSIDE", "soft_sphere_mask_3d", "threshold_mask_3d", "squared_distance_to_mask_3d", "sample_volume_at", "width_masked_sigmas", "gaussian_selection_mask",
 ]
 
 

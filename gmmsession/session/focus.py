@@ -20,7 +20,7 @@ import xarray as xr
 from gmmsession.algorithms.align import AlignConfig
 from gmmsession.data.errors import GmmsessionInputError
 from gmmsession.data.gmm import gmm_to_tensors
-from gmmsession.kernels.masks import gaussian_selection_mask
+from gmmsession.kernels.masks import MASK_INSIDE, gaussian_selection_mask
 from gmmsession.session.history import StepRecord
 
 __all__ = ["Focus"]
@@ -103,4 +103,4 @@ class Focus:
         return html_for(self)
 
     def __repr__(self) -> str:
-        return f"Focus(mask from {self.source}, {float((self.mask.values > 0.5).mean()) * 100:.1f} % of the box)"
+        return f"Focus(mask from {self.source}, {float((self.mask.values >= MASK_INSIDE).mean()) * 100:.1f} % of the box)"

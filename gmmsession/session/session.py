@@ -25,6 +25,7 @@ from gmmsession.algorithms.refine import refine_global as _refine_global
 from gmmsession.algorithms.reconstruct import ReconstructConfig, reconstruct_half_maps
 from gmmsession.data.bridge import fsc_dataarray, half_maps_dataarray, particle_tensors
 from gmmsession.data.chunks import iter_particle_chunks
+from gmmsession.kernels.masks import MASK_INSIDE
 from gmmsession.data.errors import GmmsessionInputError
 from gmmsession.data.gmm import gmm_dataset, gmm_to_tensors
 from gmmsession.data.io.cryosparc import read_cryosparc
@@ -644,7 +645,7 @@ class Session:
                 inside = sample_volume_at(volume, neutral.cpu(), self.pixel_size_angstrom)
                 weights = inside * mass * mobility_from_mask(inside)  # the Gaussians that move with the region
                 if float(weights.sum()) <= 0:
-                    raise GmmsessionInputError(f"the mask covers no Gaussian of half {h}'s GMM (none has its centre where the mask is >= 0.5)")
+                    raise GmmsessionInputError(f"the mask covers no Gaussian of half {h}'s GMM (none has its centre where the mask is >= {MASK_INSIDE})")
                 keep = torch.nonzero(weights > 0).squeeze(1)  # zero-weight Gaussians change neither fit: leave them out
                 weights, neutral = weights[keep].to(dev, torch.float64), neutral[keep.to(dev)]
                 idx = torch.as_tensor(np.flatnonzero(halves == h))

@@ -29,6 +29,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from gmmsession.kernels.masks import MASK_INSIDE
 from gmmsession.viz import viewmodels as vm
 
 __all__ = ["MapView", "GmmView", "LatentView", "map_view", "gmm_view", "latent_view"]
@@ -450,7 +451,7 @@ def _slice_rgb(image: np.ndarray, vmin: float, vmax: float, overlays: list[tuple
 
     Grey, dark = dense (``vmin`` white, ``vmax`` black); rows flipped so that the row axis points
     up; each pixel enlarged to ``scale`` x ``scale``; then the one-pixel outline of each
-    ``(mask slice, "#rrggbb")`` overlay (values >= 0.5 inside) drawn in its colour.
+    ``(mask slice, "#rrggbb")`` overlay (values >= ``MASK_INSIDE`` inside) drawn in its colour.
     """
     span = vmax - vmin if vmax > vmin else 1.0
     grey = (255 * (1 - np.clip((np.nan_to_num(np.asarray(image, dtype=np.float64)) - vmin) / span, 0, 1))).astype(np.uint8)
@@ -460,7 +461,7 @@ def _slice_rgb(image: np.ndarray, vmin: float, vmax: float, overlays: list[tuple
 
     rgb = np.repeat(up(grey)[..., None], 3, axis=-1)
     for m, colour in overlays:
-        inside = np.pad(up(np.asarray(m) >= 0.5), 1)
+        inside = np.pad(up(np.asarray(m) >= MASK_INSIDE), 1)
         edge = inside & ~(np.roll(inside, 1, 0) & np.roll(inside, -1, 0) & np.roll(inside, 1, 1) & np.roll(inside, -1, 1))
         rgb[edge[1:-1, 1:-1]] = [int(colour[k:k + 2], 16) for k in (1, 3, 5)]
     return np.ascontiguousarray(rgb)

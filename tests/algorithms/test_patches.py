@@ -81,3 +81,25 @@ def test_molecule_gaussians_drop_solvent_outliers_that_would_inflate_a_patch():
     assert np.array_equal(molecule_gaussians(centres, px, mask=mask), keep)
     with pytest.raises(ValueError, match="exactly one"):
         molecule_gaussians(centres, px)
+
+
+def test_inside_a_mask_means_the_same_everywhere():
+    """Patch members, the Gaussians that move with a region and the local-resolution summary
+    all call a point inside where the mask is >= MASK_INSIDE; a value exactly at the
+    threshold is inside for each of them, one just below is outside for each of them."""
+    from gmmsession.algorithms.final_map import summarize_by_masks
+    from gmmsession.algorithms.heterogeneity import mobility_from_mask
+    from gmmsession.kernels.masks import MASK_INSIDE, sample_volume_at
+
+    box, pix = 8, 2.0
+    mask = np.zeros((box, box, box))
+    mask[4, 4, 4] = 1.0
+    mask[4, 4, 5] = MASK_INSIDE                      # x = +1 voxel: exactly at the threshold
+    mask[4, 4, 3] = np.nextafter(MASK_INSIDE, 0.0)   # x = -1 voxel: just below
+    centres = np.array([[0.0, 0.0, 0.0], [pix, 0.0, 0.0], [-pix, 0.0, 0.0]])  # (x, y, z) Å from box // 2
+    expected = [True, True, False]
+
+    assert molecule_gaussians(centres, pix, mask=mask).tolist() == expected
+    values = sample_volume_at(torch.as_tensor(mask), torch.as_tensor(centres), pix)
+    assert (mobility_from_mask(values) == 1).tolist() == expected
+    assert int(summarize_by_masks(np.ones_like(mask), mask)["n_voxels"].iloc[0]) == sum(expected)
