@@ -115,12 +115,12 @@ def main() -> None:
             gmm = tuple(t.to(dev) for t in gmm)
             refine_poses([ParticleChunk(chunk.positions[:batch], chunk.images[:batch],
                                         ParticleTensors(**{f: v[:batch] for f, v in vars(chunk.params).items()}),
-                                        chunk.halves[:batch])], {1: gmm}, args.pixel, config)  # warm-up
+                                        chunk.halves[:batch])], {1: gmm}, config)  # warm-up
             if dev.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(dev)
             _sync(dev)
             t = time.perf_counter()
-            up = refine_poses([chunk], {1: gmm}, args.pixel, config)
+            up = refine_poses([chunk], {1: gmm}, config)
             _sync(dev)
             dt = time.perf_counter() - t
             mem = f", peak GPU memory {torch.cuda.max_memory_allocated(dev) / 2**30:.2f} GiB" if dev.type == "cuda" else ""

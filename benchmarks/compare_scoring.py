@@ -40,7 +40,7 @@ def main() -> None:
     print(f"{args.n} particles, box 64, 1.5 Å/px, SNR {args.snr}; start: 3.00 deg median error")
     for scoring, band, res in (("frc", "ring", 4.0), ("ctf_exact", "ring", 4.0), ("ctf_exact", "pooled", 4.0), ("ctf_exact", "pooled", 3.0)):
         cfg = AlignConfig(scoring=scoring, band_average=band, max_resolution_angstrom=res)
-        upd = refine_poses(iter_particle_chunks(s.particles, s.optics, chunk_size=200), {1: ref, 2: ref}, 1.5, cfg)
+        upd = refine_poses(iter_particle_chunks(s.particles, s.optics, chunk_size=200), {1: ref, 2: ref}, cfg)
         err = float(geodesic_angle_deg(upd.rotation.double(), truth).median())
         print(f"scoring={scoring:9s} band_average={band:6s} up to {res} Å: median error {err:.2f} deg")
 

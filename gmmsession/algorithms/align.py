@@ -518,11 +518,13 @@ def refine_poses_per_pixel_size(
 def refine_poses(
     chunks: Iterable[ParticleChunk],
     gmm_by_half: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
-    pixel_size_angstrom: float,
     config: AlignConfig = AlignConfig(),
     progress: Callable[[int], None] | None = None,
 ) -> PoseUpdate:
     """Refine every particle of a chunk stream against **its own half set's** GMM.
+
+    Each particle is aligned on its own pixel grid (``params.pixel_size_angstrom``, from its
+    optics group; :func:`refine_poses_per_pixel_size`), as the refinement loop does.
 
     Parameters
     ----------
@@ -530,7 +532,6 @@ def refine_poses(
         Read lazily, one chunk at a time.
     gmm_by_half : {1: (positions (G1, 3) Å, amplitudes (G1,), sigmas (G1,) Å), 2: (...)}
         The reference of each half set; a particle of half ``h`` only ever sees ``gmm_by_half[h]``.
-    pixel_size_angstrom : pixel size of the images (Å).
     config : AlignConfig
     progress : called as ``progress(n_done)`` after each chunk.
 
@@ -555,9 +556,8 @@ def refine_poses(
             index = torch.nonzero(halves == half).squeeze(-1)
             idx_dev = index.to(chunk.images.device)
             pos, amp, sig = gmm_by_half[half]
-            update = refine_poses_chunk(
-                chunk.images[idx_dev], chunk.params.select(idx_dev.to(chunk.params.rotation.device)),
-                pos, amp, sig, pixel_size_angstrom, config,
+            update = refine_poses_per_pixel_size(
+                chunk.images[idx_dev], chunk.params.select(idx_dev.to(chunk.params.rotation.device)), pos, amp, sig, config,
             )
             parts.append((index, update))
         # Scatter the per-half results back into the chunk's order.

@@ -26,29 +26,33 @@ N = 24
 @pytest.fixture(scope="module")
 def clean_case():
     """Clean CTF-modulated projections of the procedural protein's atoms, truth and a 3 deg / 1 px start."""
+    return _clean_case(PIXEL, seed=1)
+
+
+def _clean_case(pixel: float, seed: int) -> dict:
     protein = build_protein(seed=0)
     amp, sig = atom_gaussians(protein)
     pos = torch.as_tensor(protein.positions_angstrom)
     f64 = torch.float64
-    gen = torch.Generator().manual_seed(1)
+    gen = torch.Generator().manual_seed(seed)
     rot = quaternion_to_matrix(torch.randn(N, 4, generator=gen, dtype=f64))
-    origin = (torch.rand(N, 2, generator=gen, dtype=f64) * 4 - 2) * PIXEL
+    origin = (torch.rand(N, 2, generator=gen, dtype=f64) * 4 - 2) * pixel
     dfu = 10000 + 10000 * torch.rand(N, generator=gen, dtype=f64)
     dfv = dfu - 300
     dfang = 180 * torch.rand(N, generator=gen, dtype=f64)
-    freqs = rfft_frequencies_2d(BOX, PIXEL, dtype=f64)
-    spectra = project_gaussians_rfft_2d(pos, amp, sig, rot, -origin, BOX, PIXEL)
+    freqs = rfft_frequencies_2d(BOX, pixel, dtype=f64)
+    spectra = project_gaussians_rfft_2d(pos, amp, sig, rot, -origin, BOX, pixel)
     images = irfft_centered_2d(spectra * ctf_2d(freqs, dfu, dfv, dfang, 300.0, 2.7, 0.1), BOX).float()
     axis = torch.nn.functional.normalize(torch.randn(N, 3, generator=gen, dtype=f64), dim=-1)
     start_rot = rotvec_to_matrix(axis * math.radians(3.0)) @ rot
     direction = torch.nn.functional.normalize(torch.randn(N, 2, generator=gen, dtype=f64), dim=-1)
-    start_origin = origin + direction * PIXEL
+    start_origin = origin + direction * pixel
     z = torch.zeros(N)
     params = ParticleTensors(
         rotation=start_rot.float(), origin_angstrom=start_origin.float(),
         defocus_u_angstrom=dfu.float(), defocus_v_angstrom=dfv.float(), defocus_angle_deg=dfang.float(),
         phase_shift_deg=z, ctf_bfactor_angstrom2=z, ctf_scale=z + 1, voltage_kv=z + 300, cs_mm=z + 2.7,
-        amplitude_contrast=z + 0.1, pixel_size_angstrom=z + PIXEL, box_size=torch.full((N,), BOX),
+        amplitude_contrast=z + 0.1, pixel_size_angstrom=z + pixel, box_size=torch.full((N,), BOX),
     )
     gmm = (pos.float(), amp.float(), sig.float())
     return dict(images=images, params=params, gmm=gmm, rot=rot, origin=origin)
@@ -158,8 +162,8 @@ def test_each_half_only_sees_its_own_gmm(clean_case):
     gen = torch.Generator().manual_seed(9)
     garbage = (torch.randn(300, 3, generator=gen) * 20, torch.rand(300, generator=gen), 1 + torch.rand(300, generator=gen))
     seen = []
-    good = refine_poses(chunks(), {1: c["gmm"], 2: c["gmm"]}, PIXEL, CONFIG, progress=seen.append)
-    bad = refine_poses(chunks(), {1: c["gmm"], 2: garbage}, PIXEL, CONFIG)
+    good = refine_poses(chunks(), {1: c["gmm"], 2: c["gmm"]}, CONFIG, progress=seen.append)
+    bad = refine_poses(chunks(), {1: c["gmm"], 2: garbage}, CONFIG)
     assert isinstance(good, PoseUpdate) and seen == [5, n]
     assert np.array_equal(good.positions, positions)
     one = (halves == 1)
@@ -170,7 +174,24 @@ def test_each_half_only_sees_its_own_gmm(clean_case):
     direct = refine_poses_chunk(c["images"][:n][one], _subset(c["params"], torch.nonzero(one).squeeze(-1)), *c["gmm"], PIXEL, CONFIG)
     torch.testing.assert_close(good.rotation[one], direct.rotation, atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="half set 2"):
-        refine_poses(chunks(), {1: c["gmm"]}, PIXEL, CONFIG)
+        refine_poses(chunks(), {1: c["gmm"]}, CONFIG)
+
+
+def test_stream_aligns_each_particle_on_its_own_pixel_size(clean_case):
+    """Optics groups of one box may differ in pixel size: in one chunk, particles imaged at
+    1.5 and at 1.65 Å/px (10 % larger) each converge, because each is scored on its own grid.
+    Scored on 1.5 Å/px, the 1.65 Å/px particles would see a 10 % smaller molecule."""
+    c, d = clean_case, _clean_case(1.1 * PIXEL, seed=2)
+    sel = slice(0, 8)
+    both = {k: torch.cat([c["params"].__dict__[k][sel], d["params"].__dict__[k][sel]]) for k in vars(c["params"])}
+    chunk = ParticleChunk(
+        positions=np.arange(16), images=torch.cat([c["images"][sel], d["images"][sel]]),
+        params=ParticleTensors(**both), halves=torch.tensor([1, 2] * 8),
+    )
+    up = refine_poses([chunk], {1: c["gmm"], 2: c["gmm"]}, CONFIG)
+    truth = torch.cat([c["rot"][sel], d["rot"][sel]])
+    err = geodesic_angle_deg(up.rotation.double(), truth)
+    assert float(err[:8].median()) < 0.5 and float(err[8:].median()) < 0.5  # 3 deg at the start
 
 
 def test_config_and_shape_checks(clean_case):
