@@ -53,11 +53,28 @@ from gmmsession.kernels.fsc import fsc_3d, resolution_at_threshold
 from gmmsession.kernels.rotations import geodesic_angle_deg, rotvec_to_matrix
 
 
+def domain_fsc(s, truth: torch.Tensor, domain_mask: torch.Tensor) -> torch.Tensor:
+    """FSC per shell of the masked half-map average against the masked truth."""
+    avg = torch.as_tensor(s.half_maps.mean("half").values)
+    return fsc_3d(avg * domain_mask, truth * domain_mask)
+
+
 def domain_resolution(s, truth: torch.Tensor, domain_mask: torch.Tensor, threshold: float = 0.5) -> float:
     """Resolution (Å) where the FSC of the masked half-map average against the masked truth falls below ``threshold``."""
-    avg = torch.as_tensor(s.half_maps.mean("half").values)
-    fsc = fsc_3d(avg * domain_mask, truth * domain_mask)
-    return float(resolution_at_threshold(fsc, s.box_size, s.pixel_size_angstrom, threshold))
+    return float(resolution_at_threshold(domain_fsc(s, truth, domain_mask), s.box_size, s.pixel_size_angstrom, threshold))
+
+
+def interpolated_resolution(fsc: torch.Tensor, box: int, pixel: float, threshold: float = 0.5) -> float:
+    """Resolution (Å) at the FSC's first crossing of ``threshold``, linear in frequency between the
+    shells around it: finer than the shell-snapped RELION rule (one shell is ~0.1 Å near 2.8 Å at
+    box 64 and 1.2 Å/px), to tell a real difference from a shell boundary."""
+    f = fsc.double().cpu().numpy()
+    below = np.flatnonzero(f[1:] < threshold)
+    if below.size == 0:
+        return 2.0 * pixel
+    i = int(below[0]) + 1
+    shell = (i - 1) + (f[i - 1] - threshold) / (f[i - 1] - f[i])
+    return box * pixel / shell if shell > 0 else float("inf")
 
 
 def domain_pose_error_deg(s, sim, axis: torch.Tensor) -> float:
@@ -128,6 +145,7 @@ def main() -> None:
     def report(tag: str, s, poses: bool = True) -> dict:
         out = {
             "moving domain vs truth @0.5 (Å)": domain_resolution(s, truth, moving_mask),
+            "interpolated (Å)": interpolated_resolution(domain_fsc(s, truth, moving_mask), s.box_size, s.pixel_size_angstrom),
             "gold-standard whole (Å)": float(s.fsc(mask=sim.mask).attrs["resolution_angstrom"]),
             "gold-standard moving domain (Å)": float(s.fsc(mask=moving_mask_path).attrs["resolution_angstrom"]),
             "local resolution moving domain, median (Å)": local_resolution_in(s, sim.mask, moving_np),
