@@ -115,12 +115,26 @@ def squared_distance_to_mask_3d(binary: torch.Tensor, reach_px: int) -> torch.Te
     if reach_px < 0:
         raise ValueError(f"reach_px must be >= 0, got {reach_px}")
     dtype = torch.float32
-    d2 = torch.where(
-        binary.bool(), torch.zeros((), dtype=dtype, device=binary.device), torch.full((), math.inf, dtype=dtype, device=binary.device)
-    )
+    binary = binary.bool()
+    out = torch.full(binary.shape, math.inf, dtype=dtype, device=binary.device)
+    # A voxel farther than reach_px along some axis from every True voxel has none in its window:
+    # only the True voxels' bounding box grown by reach_px needs the passes (a molecule's mask
+    # fills a fraction of the box).
+    seen = binary.reshape(-1, *binary.shape[-3:]).any(0)
+    if not bool(seen.any()):
+        return out
+    crop = []
+    for axis in range(3):
+        hit = torch.nonzero(seen.any(dim=tuple(a for a in range(3) if a != axis))).squeeze(-1)
+        lo, hi = int(hit[0]), int(hit[-1])
+        crop.append(slice(max(lo - reach_px, 0), min(hi + reach_px + 1, seen.shape[axis])))
+    index = (..., *crop)
+    part = binary[index]
+    d2 = torch.where(part, torch.zeros((), dtype=dtype, device=part.device), torch.full((), math.inf, dtype=dtype, device=part.device))
     for dim in (-1, -2, -3):
-        d2 = _min_plus_axis(d2, binary.ndim + dim, reach_px)
-    return d2
+        d2 = _min_plus_axis(d2, part.ndim + dim, reach_px)
+    out[index] = d2
+    return out
 
 
 def threshold_mask_3d(

@@ -34,18 +34,35 @@ def test_soft_sphere_offset_centres_batch():
         soft_sphere_mask_3d(16, 3.0, 2.0, torch.zeros(2))
 
 
+def _brute_force_d2(binary: torch.Tensor, reach: int) -> torch.Tensor:
+    out = torch.full(binary.shape, math.inf)
+    ones = binary.nonzero().tolist()
+    for z, y, x in itertools.product(*(range(n) for n in binary.shape)):
+        for oz, oy, ox in ones:
+            if max(abs(oz - z), abs(oy - y), abs(ox - x)) <= reach:
+                out[z, y, x] = min(float(out[z, y, x]), (oz - z) ** 2 + (oy - y) ** 2 + (ox - x) ** 2)
+    return out
+
+
 def test_squared_distance_matches_brute_force():
     g = torch.Generator().manual_seed(0)
     binary = torch.rand(9, 10, 11, generator=g) > 0.93
-    reach = 3
-    d2 = squared_distance_to_mask_3d(binary, reach)
-    ones = binary.nonzero().tolist()
-    for z, y, x in itertools.product(range(9), range(10), range(11)):
-        best = math.inf
-        for oz, oy, ox in ones:
-            if max(abs(oz - z), abs(oy - y), abs(ox - x)) <= reach:
-                best = min(best, (oz - z) ** 2 + (oy - y) ** 2 + (ox - x) ** 2)
-        assert float(d2[z, y, x]) == best, (z, y, x)
+    torch.testing.assert_close(squared_distance_to_mask_3d(binary, 3), _brute_force_d2(binary, 3), atol=0, rtol=0)
+
+
+def test_squared_distance_of_a_small_region_in_a_large_box():
+    """The passes run only over the True voxels' bounding box grown by the reach; the voxels
+    outside it are inf, as the brute force says. Batched masks share one box (their union's)."""
+    g = torch.Generator().manual_seed(1)
+    binary = torch.zeros(2, 12, 13, 14, dtype=torch.bool)
+    binary[0, 2:5, 3:6, 8:10] = torch.rand(3, 3, 2, generator=g) > 0.5
+    binary[0, 3, 4, 8] = True
+    binary[1, 9, 10, 11] = True  # near the far corner: the union's box reaches the edges
+    for reach in (0, 2, 3):
+        d2 = squared_distance_to_mask_3d(binary, reach)
+        for b in range(2):
+            torch.testing.assert_close(d2[b], _brute_force_d2(binary[b], reach), atol=0, rtol=0)
+    assert bool(torch.isinf(squared_distance_to_mask_3d(torch.zeros(5, 6, 7, dtype=torch.bool), 2)).all())
 
 
 def test_threshold_mask_extend_and_soft_edge(device):
