@@ -288,6 +288,30 @@ def scoring_setup(
     return scoring_grid(box, pixel_size_angstrom, config.min_resolution_angstrom, res, "pooled", device)
 
 
+#: One scoring grid, or one per pixel size (optics groups of one box may differ in pixel size).
+Setups = ScoringGrid | Mapping[float, ScoringGrid]
+
+
+def _first_grid(setups: Setups) -> ScoringGrid:
+    return setups if isinstance(setups, ScoringGrid) else next(iter(setups.values()))
+
+
+def _pixel_groups(params: ParticleTensors, setups: Setups) -> list[tuple[torch.Tensor | None, ScoringGrid]]:
+    """``(index or None for all, grid)`` per pixel size in a batch: each particle is scored on
+    its own pixel grid (as :func:`~gmmsession.algorithms.align.refine_poses_per_pixel_size`)."""
+    if isinstance(setups, ScoringGrid):
+        return [(None, setups)]
+    pixel = params.pixel_size_angstrom.detach().cpu()
+    values = torch.unique(pixel).tolist()
+    out = []
+    for value in values:
+        match = [g for px, g in setups.items() if abs(px - value) <= 1e-4 * px]
+        if not match:
+            raise ValueError(f"no scoring grid for pixel size {value:g} Å (grids for {sorted(setups)})")
+        out.append((None if len(values) == 1 else torch.nonzero(pixel == value).squeeze(-1), match[0]))
+    return out
+
+
 def _batch_scores(positions: torch.Tensor, gmm: GmmTensors, batch: tuple[torch.Tensor, ...], setup: ScoringGrid) -> torch.Tensor:
     spectra, ctf, rot, shift = batch
     proj = project_gaussians_rfft_2d(
@@ -319,7 +343,7 @@ def train_half(
     gmm: GmmTensors,
     encoder: GmmEncoder,
     decoder: AnchorDecoder,
-    setup: ScoringGrid,
+    setup: Setups,
     config: HeterogeneityConfig,
     progress: Callable[[int, float], None] | None = None,
     *,
@@ -339,8 +363,12 @@ def train_half(
     ``config.n_epochs`` (a state already at or past ``n_epochs`` trains no further). Training
     draws no random numbers (the batch order is the caller's, seeded per epoch; initialisation
     is :func:`build_networks`'), so a resumed run repeats the uninterrupted one's operations.
+
+    ``setup``: the scoring grid, or ``{pixel size: grid}`` when the particles' optics groups
+    differ in pixel size; each particle is then scored on its own grid and a batch's loss is
+    the mean over all its particles.
     """
-    gmm = gmm.to(setup.device, torch.float32)
+    gmm = gmm.to(_first_grid(setup).device, torch.float32)
     params = list(encoder.parameters()) + list(decoder.parameters())
     opt = torch.optim.Adam(params, lr=config.learning_rate)
     losses: list[float] = []
@@ -355,11 +383,14 @@ def train_half(
     for epoch in range(start, config.n_epochs):
         total, count = 0.0, 0
         for images, p in batches(epoch):
-            batch = prepare_batch(images, p, setup)
-            features = particle_features(gmm, decoder.weights, batch, setup)
-            latent = encoder(features)
-            scores = _batch_scores(decoder(latent), gmm, batch, setup)
-            loss = (-scores + config.latent_weight * latent.square().sum(-1)).mean()
+            loss = torch.zeros((), device=gmm.positions_angstrom.device)
+            for sel, grid in _pixel_groups(p, setup):
+                batch = prepare_batch(images if sel is None else images[sel], p if sel is None else p.select(sel), grid)
+                features = particle_features(gmm, decoder.weights, batch, grid)
+                latent = encoder(features)
+                scores = _batch_scores(decoder(latent), gmm, batch, grid)
+                loss = loss + (-scores + config.latent_weight * latent.square().sum(-1)).sum()
+            loss = loss / images.shape[0]
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -393,11 +424,18 @@ def encode_half(
     gmm: GmmTensors,
     encoder: GmmEncoder,
     decoder: AnchorDecoder,
-    setup: ScoringGrid,
+    setup: Setups,
 ) -> torch.Tensor:
-    """(n, latent_dim) latent vectors of the particles ``batches`` yields, in that order (CPU)."""
-    gmm = gmm.to(setup.device, torch.float32)
-    out = [encoder(particle_features(gmm, decoder.weights, prepare_batch(images, p, setup), setup)).cpu() for images, p in batches]
+    """(n, latent_dim) latent vectors of the particles ``batches`` yields, in that order (CPU);
+    ``setup`` as for :func:`train_half`."""
+    gmm = gmm.to(_first_grid(setup).device, torch.float32)
+    out = []
+    for images, p in batches:
+        z = torch.empty(images.shape[0], encoder.latent_dim)
+        for sel, grid in _pixel_groups(p, setup):
+            batch = prepare_batch(images if sel is None else images[sel], p if sel is None else p.select(sel), grid)
+            z[slice(None) if sel is None else sel] = encoder(particle_features(gmm, decoder.weights, batch, grid)).cpu()
+        out.append(z)
     return torch.cat(out) if out else torch.zeros(0, encoder.latent_dim)
 
 

@@ -305,17 +305,13 @@ def check_optics_groups(particles: xr.Dataset, optics: xr.Dataset, path: str | o
         )
 
 
-def check_one_grid(
-    particles: xr.Dataset, optics: xr.Dataset, path: str | os.PathLike | None = None, *, pixel_size: bool = True, step: str | None = None
-) -> None:
-    """Raise if the optics groups that hold particles differ in box (and, with ``pixel_size``, in pixel size).
+def check_one_grid(particles: xr.Dataset, optics: xr.Dataset, path: str | os.PathLike | None = None) -> None:
+    """Raise if the optics groups that hold particles differ in box.
 
     Images of different boxes cannot be processed together at all, so a session refuses them
-    when it opens (``pixel_size=False``). Reconstruction and refinement take each particle at
-    its own pixel size, but the heterogeneity networks score every particle on the first
-    group's pixel grid: a second pixel size would be scored at the wrong scale, silently, so
-    that step (``step`` names it) refuses it. A box of 0 (not in the file) is not compared;
-    pixel sizes agree within 1e-4 relative (a star file's ``%.6f`` at ~1 Å).
+    when it opens. Pixel sizes may differ: reconstruction, refinement and the heterogeneity
+    networks take each particle at its own pixel size. A box of 0 (not in the file) is not
+    compared.
     """
     where = path if path is not None else particles.attrs.get("source_path", "<particles>")
     used = set(np.unique(particles["optics_group"].values).tolist())
@@ -327,20 +323,13 @@ def check_one_grid(
     box = np.asarray(o["box_size"].values, dtype=np.int64)
     known = box > 0
     box_bad = known & known[0] & (box != box[0])
-    px_bad = (np.abs(px - px[0]) > 1e-4 * px[0]) if pixel_size else np.zeros_like(box_bad)
-    if not (px_bad.any() or box_bad.any()):
+    if not box_bad.any():
         return
-    j = int(np.flatnonzero(px_bad | box_bad)[0])
-    what = f"optics groups {groups[0]} ({px[0]:g} Å/px, box {box[0]}) and {groups[j]} ({px[j]:g} Å/px, box {box[j]}) differ"
-    if box_bad[j]:
-        raise GmmsessionInputError(
-            f"{where}: {what}; gmmsession processes all particles in one box: re-extract them to one box (and pixel size) "
-            "first, or split the star file by optics group"
-        )
+    j = int(np.flatnonzero(box_bad)[0])
     raise GmmsessionInputError(
-        f"{where}: {what}; {step or 'this step'} scores every particle on one pixel grid: rescale the particles to one "
-        "pixel size first (e.g. relion_image_handler --rescale_angpix), or split the star file by optics group. "
-        "Reconstruction and refinement take each group at its own pixel size."
+        f"{where}: optics groups {groups[0]} ({px[0]:g} Å/px, box {box[0]}) and {groups[j]} ({px[j]:g} Å/px, box {box[j]}) "
+        "differ; gmmsession processes all particles in one box: re-extract them to one box (and pixel size) first, "
+        "or split the star file by optics group"
     )
 
 

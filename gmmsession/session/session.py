@@ -168,7 +168,7 @@ class Session:
 
     @classmethod
     def _from_set(cls, pset: ParticleSet, name: str, params: dict, t: Timer, seed: int, device: Any) -> "Session":
-        check_one_grid(pset.particles, pset.optics, params.get("path"), pixel_size=False)
+        check_one_grid(pset.particles, pset.optics, params.get("path"))
         metrics: dict[str, Any] = {"half_source": pset.particles.attrs.get("half_source", "file")}
         s = cls(pset, device=device)
         counts = np.bincount(pset.particles["half"].values, minlength=3)
@@ -390,7 +390,6 @@ class Session:
         from gmmsession.algorithms.heterogeneity import HeterogeneityConfig
         from gmmsession.session.heterogeneity import Heterogeneity
 
-        check_one_grid(self.particles, self.optics, step="heterogeneity")
         if self._gmm is None:
             raise RuntimeError("no GMM yet: call session.build_gmm() first")
         config = HeterogeneityConfig(latent_dim=latent_dim, n_epochs=n_epochs, **options)

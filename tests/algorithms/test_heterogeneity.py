@@ -30,19 +30,19 @@ def _two_blob_gmm(seed: int = 0) -> tuple[GmmTensors, torch.Tensor]:
     return gmm, torch.arange(60) >= 30
 
 
-def _params(n: int, rotations: torch.Tensor) -> ParticleTensors:
+def _params(n: int, rotations: torch.Tensor, pixel: float = PIXEL) -> ParticleTensors:
     z = torch.zeros(n)
     return ParticleTensors(
         rotation=rotations, origin_angstrom=torch.zeros(n, 2), defocus_u_angstrom=z + 15000, defocus_v_angstrom=z + 15000,
         defocus_angle_deg=z, phase_shift_deg=z, ctf_bfactor_angstrom2=z, ctf_scale=z + 1, voltage_kv=z + 300, cs_mm=z + 2.7,
-        amplitude_contrast=z + 0.1, pixel_size_angstrom=z + PIXEL, box_size=torch.full((n,), BOX),
+        amplitude_contrast=z + 0.1, pixel_size_angstrom=z + pixel, box_size=torch.full((n,), BOX),
     )
 
 
-def _images(positions: torch.Tensor, gmm: GmmTensors, params: ParticleTensors) -> torch.Tensor:
+def _images(positions: torch.Tensor, gmm: GmmTensors, params: ParticleTensors, pixel: float = PIXEL) -> torch.Tensor:
     """Noise-free CTF-modulated images of per-particle GMM centres (n, G, 3)."""
-    spec = project_gaussians_rfft_2d(positions, gmm.amplitudes, gmm.widths_angstrom, params.rotation, torch.zeros(len(positions), 2), BOX, PIXEL)
-    ctf = ctf_2d(rfft_frequencies_2d(BOX, PIXEL), **params.ctf_kwargs())
+    spec = project_gaussians_rfft_2d(positions, gmm.amplitudes, gmm.widths_angstrom, params.rotation, torch.zeros(len(positions), 2), BOX, pixel)
+    ctf = ctf_2d(rfft_frequencies_2d(BOX, pixel), **params.ctf_kwargs())
     return irfft_centered_2d(spec * ctf, BOX)
 
 
@@ -130,6 +130,53 @@ def test_training_separates_two_conformations():
     move = d[right].mean(0)
     assert float(move[2].abs()) > 0.5 * float(move.norm()) and float(move.norm()) > 1.0
     assert float(d[~right].norm(dim=-1).mean()) < 0.5 * float(d[right].norm(dim=-1).mean())
+
+
+def test_two_pixel_sizes_each_scored_on_their_own_grid():
+    """Optics groups of one box may differ in pixel size: with one scoring grid per pixel size,
+    a batch mixing 2.0 and 2.4 Å/px particles trains and encodes each particle on its own grid.
+    The two states separate in both groups, and a mixed batch encodes every particle exactly as
+    a batch of its group alone does (the grouping keeps the order)."""
+    gmm, right = _two_blob_gmm(1)
+    n, pixels = 64, (PIXEL, 1.2 * PIXEL)
+    gen = torch.Generator().manual_seed(2)
+    rot = quaternion_to_matrix(torch.randn(n, 4, generator=gen))
+    group = torch.arange(n) % 4 >= 2  # interleaved: every batch holds both pixel sizes
+    state = torch.arange(n) % 2
+    shift = torch.tensor([0.0, 0.0, 3.0]) * (2 * state[:, None] - 1)
+    pos = gmm.positions_angstrom.expand(n, -1, -1).clone()
+    pos[:, right] += shift[:, None, :]
+    parts = [_params(n, rot, px) for px in pixels]
+    params = ParticleTensors(**{k: torch.where(group.view(-1, *[1] * (v.dim() - 1)), vars(parts[1])[k], v)
+                                for k, v in vars(parts[0]).items()})
+    clean = torch.where(group[:, None, None], _images(pos, gmm, parts[1], pixels[1]), _images(pos, gmm, parts[0], pixels[0]))
+    images = clean + 0.3 * clean.std() * torch.randn(clean.shape, generator=gen)
+    cfg = het.HeterogeneityConfig(latent_dim=1, n_anchors=4, hidden=32, n_epochs=15, batch_size=16, learning_rate=3e-3,
+                                  min_resolution_angstrom=None)
+    setups = {px: het.scoring_setup(BOX, px, cfg, torch.device("cpu"), resolution_angstrom=2 * max(pixels)) for px in pixels}
+    assert setups[pixels[0]].crop != setups[pixels[1]].crop  # the groups really are scored on different grids
+    dec = _decoder(gmm, n_anchors=4)
+    torch.manual_seed(0)
+    enc = het.GmmEncoder(dec.n_anchors, 1, hidden=32)
+
+    def batches(epoch):
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(epoch))
+        for b in range(0, n, cfg.batch_size):
+            idx = order[b : b + cfg.batch_size]
+            yield images[idx], params.select(idx)
+
+    losses = het.train_half(batches, gmm, enc, dec, setups, cfg)
+    assert losses[-1] < losses[0]
+    z = het.encode_half(((images[b : b + 16], params.select(slice(b, b + 16))) for b in range(0, n, 16)), gmm, enc, dec, setups)[:, 0]
+    for g in (False, True):
+        idx = torch.nonzero(group == g).squeeze(-1)
+        alone = het.encode_half([(images[idx], params.select(idx))], gmm, enc, dec, setups[pixels[int(g)]])[:, 0]
+        torch.testing.assert_close(z[idx], alone, atol=1e-5, rtol=0)  # float32 batch arithmetic only
+        zg, sg = z[idx].numpy(), state[idx].numpy()
+        lo, hi = sorted([zg[sg == 0], zg[sg == 1]], key=np.mean)
+        assert lo.max() < hi.min(), (g, np.sort(lo), np.sort(hi))
+    with pytest.raises(ValueError, match="no scoring grid for pixel size 2.4"):
+        het.encode_half([(images, params)], gmm, enc, dec, {PIXEL: setups[PIXEL]})
 
 
 def test_latent_pca_orders_directions_by_variance():

@@ -208,20 +208,6 @@ def test_optics_groups_with_two_boxes_are_refused_when_a_session_opens(tmp_path)
         gs.Session.from_star(star)
 
 
-def test_optics_groups_with_two_pixel_sizes_are_refused_by_the_networks(tmp_path):
-    """Reconstruction and refinement take each particle at its own pixel size
-    (tests/session/test_optics_groups.py), but the heterogeneity networks score all particles on
-    one pixel grid: a second pixel size would be scored at the wrong scale without a word, so
-    that step says which groups differ (before needing maps)."""
-    import gmmsession as gs
-
-    star = _two_group_star(tmp_path, (1.25, 1.24), (16, 16))
-    s = gs.Session.from_star(star)
-    with pytest.raises(GmmsessionInputError, match=r"p\.star: optics groups 1 \(1\.25 Å/px, box 16\) and 2 \(1\.24 Å/px, box 16\) "
-                                                   r"differ; heterogeneity scores every particle on one pixel grid"):
-        s.heterogeneity(progress=False)
-
-
 def test_optics_groups_on_one_grid_or_unused_open(tmp_path):
     import gmmsession as gs
 
