@@ -60,6 +60,7 @@ __all__ = [
     "scoring_grid",
     "prepare_batch",
     "refine_poses_chunk",
+    "pixel_size_groups",
     "refine_poses_per_pixel_size",
     "refine_poses",
     "concat_pose_updates",
@@ -477,6 +478,17 @@ def concat_pose_updates(updates: list[PoseUpdate]) -> PoseUpdate:
     return PoseUpdate(**fields, positions=positions)
 
 
+def pixel_size_groups(pixel_size_angstrom: torch.Tensor) -> list[tuple[float, torch.Tensor | None]]:
+    """``(pixel size, index)`` per distinct pixel size of a batch's particles (``index`` on the
+    CPU; None when all particles share one pixel size): optics groups of one box may differ in
+    pixel size, and each particle is scored on its own pixel grid."""
+    pixel = pixel_size_angstrom.detach().cpu()
+    values = torch.unique(pixel).tolist()
+    if len(values) == 1:
+        return [(float(values[0]), None)]
+    return [(float(v), torch.nonzero(pixel == v).squeeze(-1)) for v in values]
+
+
 def refine_poses_per_pixel_size(
     images: torch.Tensor,
     params: ParticleTensors,
@@ -492,16 +504,14 @@ def refine_poses_per_pixel_size(
     3.1 rescales such groups instead). The update comes back in the particles' order, on the
     compute device.
     """
-    pixel = params.pixel_size_angstrom
-    values = torch.unique(pixel).tolist()
-    if len(values) == 1:
-        return refine_poses_chunk(images, params, gmm_positions, gmm_amplitudes, gmm_sigmas, float(values[0]), config)
-    n = int(pixel.shape[0])
+    groups = pixel_size_groups(params.pixel_size_angstrom)
+    if groups[0][1] is None:
+        return refine_poses_chunk(images, params, gmm_positions, gmm_amplitudes, gmm_sigmas, groups[0][0], config)
+    n = int(params.pixel_size_angstrom.shape[0])
     parts = []
-    for value in values:
-        sel = torch.nonzero(pixel == value).squeeze(-1)
+    for value, sel in groups:
         update = refine_poses_chunk(images[sel.to(images.device)], params.select(sel), gmm_positions, gmm_amplitudes, gmm_sigmas,
-                                    float(value), config)
+                                    value, config)
         parts.append((sel, update))
     fields = {}
     for f in dataclasses.fields(PoseUpdate):

@@ -54,7 +54,7 @@ from torch import nn
 
 from gmmsession.data.bridge import ParticleTensors
 from gmmsession.data.gmm import GmmTensors
-from gmmsession.algorithms.align import ScoringGrid, prepare_batch, scoring_grid
+from gmmsession.algorithms.align import ScoringGrid, pixel_size_groups, prepare_batch, scoring_grid
 from gmmsession.kernels.conventions import image_shift_angstrom_from_origin, origin_angstrom_from_image_shift
 from gmmsession.kernels.gmm import project_gaussians_rfft_2d
 from gmmsession.kernels.masks import MASK_INSIDE
@@ -301,14 +301,12 @@ def _pixel_groups(params: ParticleTensors, setups: Setups) -> list[tuple[torch.T
     its own pixel grid (as :func:`~gmmsession.algorithms.align.refine_poses_per_pixel_size`)."""
     if isinstance(setups, ScoringGrid):
         return [(None, setups)]
-    pixel = params.pixel_size_angstrom.detach().cpu()
-    values = torch.unique(pixel).tolist()
     out = []
-    for value in values:
+    for value, sel in pixel_size_groups(params.pixel_size_angstrom):
         match = [g for px, g in setups.items() if abs(px - value) <= 1e-4 * px]
         if not match:
             raise ValueError(f"no scoring grid for pixel size {value:g} Å (grids for {sorted(setups)})")
-        out.append((None if len(values) == 1 else torch.nonzero(pixel == value).squeeze(-1), match[0]))
+        out.append((sel, match[0]))
     return out
 
 
