@@ -364,6 +364,9 @@ class Session:
     ) -> "Heterogeneity":
         """Train one encoder/decoder per half set on the current poses; returns the models.
 
+        Each particle is scored on its own pixel grid (optics groups of one box may differ in
+        pixel size; the GMM projection is analytic, so nothing is resampled).
+
         Parameters
         ----------
         mask : optional mobility mask (MRC path, array, or boolean over Gaussians, as for
