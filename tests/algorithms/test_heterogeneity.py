@@ -90,6 +90,29 @@ def test_feature_points_towards_the_particles_conformation():
     assert bool((feats[:, 1 - a_right].norm(dim=-1) < 0.3 * feats[:, a_right].norm(dim=-1)).all())
 
 
+TRAIN_CONFIG = het.HeterogeneityConfig(latent_dim=1, n_anchors=4, hidden=32, n_epochs=15, batch_size=16, learning_rate=3e-3,
+                                      min_resolution_angstrom=None)
+
+
+def _train_and_encode(gmm: GmmTensors, images: torch.Tensor, params: ParticleTensors, setup):
+    """Fresh networks trained with TRAIN_CONFIG (batches reshuffled per epoch, seeded), then every
+    particle encoded in batches of 16: (encoder, decoder, losses, latent (n, 1))."""
+    n, cfg = images.shape[0], TRAIN_CONFIG
+    dec = _decoder(gmm, n_anchors=cfg.n_anchors)
+    torch.manual_seed(0)
+    enc = het.GmmEncoder(dec.n_anchors, cfg.latent_dim, hidden=cfg.hidden)
+
+    def batches(epoch):
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(epoch))
+        for b in range(0, n, cfg.batch_size):
+            idx = order[b : b + cfg.batch_size]
+            yield images[idx], params.select(idx)
+
+    losses = het.train_half(batches, gmm, enc, dec, setup, cfg)
+    z = het.encode_half(((images[b : b + 16], params.select(slice(b, b + 16))) for b in range(0, n, 16)), gmm, enc, dec, setup)
+    return enc, dec, losses, z
+
+
 def test_training_separates_two_conformations():
     """Particles of two states (right cluster at -v or +v), random poses, mild noise: after a few
     epochs the 1-D latent separates the states in each direction of the ordering."""
@@ -104,22 +127,9 @@ def test_training_separates_two_conformations():
     pos[:, right] += shift[:, None, :]
     clean = _images(pos, gmm, params)
     images = clean + 0.3 * clean.std() * torch.randn(clean.shape, generator=gen)
-    cfg = het.HeterogeneityConfig(latent_dim=1, n_anchors=4, hidden=32, n_epochs=15, batch_size=16, learning_rate=3e-3,
-                                  min_resolution_angstrom=None)
-    setup = het.scoring_setup(BOX, PIXEL, cfg, torch.device("cpu"), resolution_angstrom=2 * PIXEL)
-    dec = _decoder(gmm, n_anchors=4)
-    torch.manual_seed(0)
-    enc = het.GmmEncoder(dec.n_anchors, 1, hidden=32)
-
-    def batches(epoch):
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(epoch))
-        for b in range(0, n, cfg.batch_size):
-            idx = order[b : b + cfg.batch_size]
-            yield images[idx], params.select(idx)
-
-    losses = het.train_half(batches, gmm, enc, dec, setup, cfg)
-    assert len(losses) == cfg.n_epochs and losses[-1] < losses[0]
-    z = het.encode_half(((images[b : b + 16], params.select(slice(b, b + 16))) for b in range(0, n, 16)), gmm, enc, dec, setup)
+    setup = het.scoring_setup(BOX, PIXEL, TRAIN_CONFIG, torch.device("cpu"), resolution_angstrom=2 * PIXEL)
+    enc, dec, losses, z = _train_and_encode(gmm, images, params, setup)
+    assert len(losses) == TRAIN_CONFIG.n_epochs and losses[-1] < losses[0]
     z = z[:, 0].numpy()
     # Separation: the two states' latent values do not overlap (one threshold splits them).
     lo, hi = sorted([z[state.numpy() == 0], z[state.numpy() == 1]], key=np.mean)
@@ -151,23 +161,11 @@ def test_two_pixel_sizes_each_scored_on_their_own_grid():
                                 for k, v in vars(parts[0]).items()})
     clean = torch.where(group[:, None, None], _images(pos, gmm, parts[1], pixels[1]), _images(pos, gmm, parts[0], pixels[0]))
     images = clean + 0.3 * clean.std() * torch.randn(clean.shape, generator=gen)
-    cfg = het.HeterogeneityConfig(latent_dim=1, n_anchors=4, hidden=32, n_epochs=15, batch_size=16, learning_rate=3e-3,
-                                  min_resolution_angstrom=None)
-    setups = {px: het.scoring_setup(BOX, px, cfg, torch.device("cpu"), resolution_angstrom=2 * max(pixels)) for px in pixels}
+    setups = {px: het.scoring_setup(BOX, px, TRAIN_CONFIG, torch.device("cpu"), resolution_angstrom=2 * max(pixels)) for px in pixels}
     assert setups[pixels[0]].crop != setups[pixels[1]].crop  # the groups really are scored on different grids
-    dec = _decoder(gmm, n_anchors=4)
-    torch.manual_seed(0)
-    enc = het.GmmEncoder(dec.n_anchors, 1, hidden=32)
-
-    def batches(epoch):
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(epoch))
-        for b in range(0, n, cfg.batch_size):
-            idx = order[b : b + cfg.batch_size]
-            yield images[idx], params.select(idx)
-
-    losses = het.train_half(batches, gmm, enc, dec, setups, cfg)
+    enc, dec, losses, z = _train_and_encode(gmm, images, params, setups)
     assert losses[-1] < losses[0]
-    z = het.encode_half(((images[b : b + 16], params.select(slice(b, b + 16))) for b in range(0, n, 16)), gmm, enc, dec, setups)[:, 0]
+    z = z[:, 0]
     for g in (False, True):
         idx = torch.nonzero(group == g).squeeze(-1)
         alone = het.encode_half([(images[idx], params.select(idx))], gmm, enc, dec, setups[pixels[int(g)]])[:, 0]
