@@ -478,6 +478,21 @@ def concat_pose_updates(updates: list[PoseUpdate]) -> PoseUpdate:
     return PoseUpdate(**fields, positions=positions)
 
 
+def _merged_in_order(parts: list[tuple[torch.Tensor, PoseUpdate]], n: int) -> PoseUpdate:
+    """One update for ``n`` particles from ``(index, update)`` parts that cover them (each part's
+    rows go to its indices), on the first part's device; no ``positions``."""
+    fields = {}
+    for f in dataclasses.fields(PoseUpdate):
+        if f.name == "positions":
+            continue
+        first = getattr(parts[0][1], f.name)
+        out = first.new_empty((n, *first.shape[1:]))
+        for index, update in parts:
+            out[index.to(out.device)] = getattr(update, f.name).to(out.device)
+        fields[f.name] = out
+    return PoseUpdate(**fields)
+
+
 def pixel_size_groups(pixel_size_angstrom: torch.Tensor) -> list[tuple[float, torch.Tensor | None]]:
     """``(pixel size, index)`` per distinct pixel size of a batch's particles (``index`` on the
     CPU; None when all particles share one pixel size): optics groups of one box may differ in
@@ -507,22 +522,12 @@ def refine_poses_per_pixel_size(
     groups = pixel_size_groups(params.pixel_size_angstrom)
     if groups[0][1] is None:
         return refine_poses_chunk(images, params, gmm_positions, gmm_amplitudes, gmm_sigmas, groups[0][0], config)
-    n = int(params.pixel_size_angstrom.shape[0])
-    parts = []
-    for value, sel in groups:
-        update = refine_poses_chunk(images[sel.to(images.device)], params.select(sel), gmm_positions, gmm_amplitudes, gmm_sigmas,
-                                    value, config)
-        parts.append((sel, update))
-    fields = {}
-    for f in dataclasses.fields(PoseUpdate):
-        if f.name == "positions":
-            continue
-        first = getattr(parts[0][1], f.name)
-        out = first.new_empty((n, *first.shape[1:]))
-        for sel, update in parts:
-            out[sel.to(out.device)] = getattr(update, f.name)
-        fields[f.name] = out
-    return PoseUpdate(**fields)
+    parts = [
+        (sel, refine_poses_chunk(images[sel.to(images.device)], params.select(sel), gmm_positions, gmm_amplitudes, gmm_sigmas,
+                                 value, config))
+        for value, sel in groups
+    ]
+    return _merged_in_order(parts, int(params.pixel_size_angstrom.shape[0]))
 
 
 def refine_poses(
@@ -570,14 +575,8 @@ def refine_poses(
                 chunk.images[idx_dev], chunk.params.select(idx_dev.to(chunk.params.rotation.device)), pos, amp, sig, config,
             )
             parts.append((index, update))
-        # Scatter the per-half results back into the chunk's order.
-        order = torch.cat([i for i, _ in parts]) if parts else torch.zeros(0, dtype=torch.long)
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(order.shape[0])
-        merged = concat_pose_updates([u for _, u in parts]) if parts else None
-        if merged is not None:
-            fields = {f.name: getattr(merged, f.name)[inverse] for f in dataclasses.fields(PoseUpdate) if f.name != "positions"}
-            updates.append(PoseUpdate(**fields, positions=np.asarray(chunk.positions)))
+        if parts:  # the per-half results back in the chunk's order
+            updates.append(dataclasses.replace(_merged_in_order(parts, n), positions=np.asarray(chunk.positions)))
         n_done += n
         if progress is not None:
             progress(n_done)

@@ -102,8 +102,7 @@ class Heterogeneity:
         # One scoring grid per pixel size in use (optics groups of one box may differ in it).
         used = np.isin(s.optics["optics_group"].values, np.unique(s.particles["optics_group"].values))
         pixels = sorted({float(v) for v in np.asarray(s.optics["pixel_size_angstrom"].values)[used]})
-        setups = {px: scoring_setup(s.box_size, px, self.config, device, resolution_angstrom) for px in pixels}
-        setup = setups[pixels[0]] if len(setups) == 1 else setups
+        setup = {px: scoring_setup(s.box_size, px, self.config, device, resolution_angstrom) for px in pixels}
         gmms = {h: gmm_to_tensors(s.gmm, half=h) for h in (1, 2)}
         n_gaussians = {h: int(gmms[h].positions_angstrom.shape[0]) for h in (1, 2)}
         n_particles = {h: int((halves == h).sum()) for h in (1, 2)}

@@ -25,7 +25,6 @@ from gmmsession.algorithms.refine import refine_global as _refine_global
 from gmmsession.algorithms.reconstruct import ReconstructConfig, reconstruct_half_maps
 from gmmsession.data.bridge import fsc_dataarray, half_maps_dataarray, particle_tensors
 from gmmsession.data.chunks import iter_particle_chunks
-from gmmsession.kernels.masks import MASK_INSIDE
 from gmmsession.data.errors import GmmsessionInputError
 from gmmsession.data.gmm import gmm_dataset, gmm_to_tensors
 from gmmsession.data.io.cryosparc import read_cryosparc
@@ -36,7 +35,7 @@ from gmmsession.data.io.stack import ParticleImageReader
 from gmmsession.data.particles import ParticleSet, check_half_sets, check_one_grid, check_poses
 from gmmsession.kernels.conventions import matrix_to_euler_relion
 from gmmsession.kernels.device import resolve_device
-from gmmsession.kernels.masks import sample_volume_at
+from gmmsession.kernels.masks import MASK_INSIDE, sample_volume_at
 from gmmsession.kernels.symmetry import normalise_symmetry_name
 from gmmsession.session.store import session_input_paths
 from gmmsession.session.history import History, StepRecord, Timer, change_histogram, environment_versions
