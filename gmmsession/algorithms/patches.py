@@ -5,7 +5,8 @@ spherical mask centred on its cluster centre with the radius of its farthest mem
 5-voxel raised-cosine fall-off (neighbouring masks overlap); after a focused refinement per
 patch, the half maps are merged by mask-weighted averaging,
 ``composite = sum_i M_i map_i / sum_i M_i``, falling back to the map before patches where
-``sum_i M_i`` is 0. Pure functions; the session runs the refinements.
+``sum_i M_i`` is 0. A result can instead be laid over that composite inside its own mask
+(:func:`lay_over`). Pure functions; the session runs the refinements.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 
 from gmmsession.kernels.masks import MASK_INSIDE, sample_volume_at, soft_sphere_mask_3d
 
-__all__ = ["PatchLayout", "patch_layout", "patch_masks", "molecule_gaussians", "mask_centre_radius", "composite_half_maps", "PATCH_SOFT_EDGE_PX"]
+__all__ = ["PatchLayout", "patch_layout", "patch_masks", "molecule_gaussians", "mask_centre_radius", "composite_half_maps", "lay_over", "PATCH_SOFT_EDGE_PX"]
 
 PATCH_SOFT_EDGE_PX = 5.0
 
@@ -163,3 +164,30 @@ def composite_half_maps(patch_maps: torch.Tensor, masks: torch.Tensor, fallback:
     num = (masks[:, None] * patch_maps).sum(0)
     covered = weight > 0
     return torch.where(covered, num / torch.where(covered, weight, torch.ones_like(weight)), fallback)
+
+
+def lay_over(base: torch.Tensor, maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Lay maps over a composite inside their masks, in order: ``out = M_i map_i + (1 - M_i) out``.
+
+    Where a mask is 1 the result is that map alone, where it is 0 the maps below it, blended
+    over the mask's soft edge; a later map lies over an earlier one.
+
+    Parameters
+    ----------
+    base : (2, D, H, W) half maps below (e.g. :func:`composite_half_maps` of the other patches).
+    maps : (J, 2, D, H, W) half maps to lay over, bottom first (J may be 0).
+    masks : (J, D, H, W) their masks, in [0, 1].
+
+    Returns
+    -------
+    (2, D, H, W), each half from that half's maps only.
+    """
+    if maps.ndim != 5 or maps.shape[1:] != base.shape or masks.shape != (maps.shape[0], *base.shape[1:]):
+        raise ValueError(f"need base (2, D, H, W), maps (J, 2, D, H, W) and masks (J, D, H, W) on one grid; "
+                         f"got {tuple(base.shape)}, {tuple(maps.shape)}, {tuple(masks.shape)}")
+    if masks.numel() and (masks.min() < 0 or masks.max() > 1):
+        raise ValueError("masks must lie in [0, 1]")
+    out = base
+    for m, top in zip(masks, maps):
+        out = m * top + (1 - m) * out
+    return out

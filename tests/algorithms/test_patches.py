@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from gmmsession.algorithms.patches import composite_half_maps, molecule_gaussians, patch_layout, patch_masks
+from gmmsession.algorithms.patches import composite_half_maps, lay_over, molecule_gaussians, patch_layout, patch_masks
+from gmmsession.kernels.masks import soft_sphere_mask_3d
 from gmmsession.kernels.gmm import render_gaussians_3d
 
 
@@ -61,6 +62,32 @@ def test_masks_cover_their_members_and_composite_weights():
     if both.any():
         w = masks[:, both]
         assert torch.allclose(out[0][both], (w[0] * 1 + w[1] * 3) / (w[0] + w[1]))
+
+
+def test_lay_over_puts_each_map_over_the_ones_below_inside_its_mask():
+    box = 16
+    base = torch.stack([torch.full((box,) * 3, 1.0), torch.full((box,) * 3, 10.0)])  # halves differ
+    low = soft_sphere_mask_3d(box, 3.0, 2.0, (-2.0, 0.0, 0.0))
+    high = soft_sphere_mask_3d(box, 3.0, 2.0, (2.0, 0.0, 0.0))  # overlaps low around x = 0
+    maps = torch.stack([torch.full((2, box, box, box), 3.0), torch.full((2, box, box, box), 5.0)])
+    maps[:, 1] *= 10
+    out = lay_over(base, maps, torch.stack([low, high]))
+    for h, scale in ((0, 1.0), (1, 10.0)):
+        assert torch.all(out[h][(low == 0) & (high == 0)] == 1.0 * scale)  # neither: the base
+        assert torch.all(out[h][(low == 1) & (high == 0)] == 3.0 * scale)  # the low map alone
+        assert torch.all(out[h][high == 1] == 5.0 * scale)  # the high map wins, also where low is 1
+        edge = (high > 0) & (high < 1) & (low == 0)
+        assert edge.any()
+        torch.testing.assert_close(out[h][edge], (high[edge] * 5.0 + (1 - high[edge]) * 1.0) * scale)
+    assert ((low == 1) & (high == 1)).any()
+    # The order matters; nothing to lay over leaves the base.
+    swapped = lay_over(base, maps.flip(0), torch.stack([high, low]))
+    assert torch.all(swapped[0][low == 1] == 3.0)
+    assert torch.equal(lay_over(base, maps[:0], torch.stack([low, high])[:0]), base)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        lay_over(base, maps[:1], 2 * low[None])
+    with pytest.raises(ValueError, match="one grid"):
+        lay_over(base, maps[:1, :, :8], low[None])
 
 
 def test_molecule_gaussians_drop_solvent_outliers_that_would_inflate_a_patch():

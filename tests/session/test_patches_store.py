@@ -114,6 +114,36 @@ def test_add_merges_a_focused_result_as_one_more_patch(tiny):
     np.testing.assert_array_equal(r.half_maps.values, s.half_maps.values)
 
 
+def test_add_on_top_lays_the_result_over_the_composite_inside_its_mask(tiny):
+    d, base, sphere = tiny
+    s = gs.open_session(base)
+    p = s.patches(k=2)
+    p.refine(n_iter=1, **FAST)
+    p.composite()
+    below = s.half_maps.values.copy()  # the two patches' mask-weighted composite
+    other = gs.open_session(base)
+    other.focus(sphere).refine(n_iter=1, **FAST)
+    other.reconstruct(pad_factor=1, progress=False)  # half maps surely unlike the patches'
+    step = p.add(other, on_top=True)
+    assert step.params["on_top"] is True and p.on_top == [2] and p.added == {2: "focus_mask (array)"}
+    assert p.summary().loc[2, "origin"] == "added (on top): focus_mask (array)"
+    comp = p.composite()
+    assert comp.params["on_top_patches"] == [2] and comp.params["added_patches"] == [2]
+    got, top = s.half_maps.values, other.half_maps.values
+    inside, outside, edge = sphere == 1, sphere == 0, (sphere > 0) & (sphere < 1)
+    assert inside.any() and outside.any() and edge.any()
+    np.testing.assert_array_equal(got[:, inside], top[:, inside])  # the added result alone, not averaged
+    np.testing.assert_array_equal(got[:, outside], below[:, outside])
+    m = sphere[edge]
+    np.testing.assert_allclose(got[:, edge], m * top[:, edge] + (1 - m) * below[:, edge], rtol=1e-5, atol=1e-6)
+    # Saved and reopened, the patches lay it on top again.
+    r = gs.open_session(s.save(d / "on_top.gmms"))
+    q = r.last_patches
+    assert q.on_top == [2]
+    q.composite()
+    np.testing.assert_array_equal(r.half_maps.values, got)
+
+
 def test_add_with_a_given_mask_and_bad_inputs(tiny):
     d, base, sphere = tiny
     s = gs.open_session(base)
