@@ -112,6 +112,9 @@ def main() -> None:
     ap.add_argument("--patch-patience", type=int, default=None,
                     help="stop a patch after this many iterations without FSC gain in its mask (default: none, "
                          "all 3 iterations run, as the package default and the paper)")
+    ap.add_argument("--patch-keep", choices=["best", "last"], default="best",
+                    help="which iteration each patch keeps (Patches.refine keep=; 'last' as the paper); "
+                         "'last' runs are saved as patches_k<K>_last.gmms")
     ap.add_argument("--seed", type=int, default=17)
     ap.add_argument("--domain-sizes", default=None,
                     help="the procedural protein's domains as 'strands,strand_residues,helix_residues' per domain, "
@@ -211,7 +214,8 @@ def main() -> None:
     def run_patches(k: int):
         p_s = gs.open_session(work / "global.gmms")
         p = p_s.patches(k=k, mask=sim.mask)
-        p.refine(n_iter=3, solvent_mask=sim.mask, progress=False, align=align_config(args.patch_align), patience=args.patch_patience)
+        p.refine(n_iter=3, solvent_mask=sim.mask, progress=False, align=align_config(args.patch_align), patience=args.patch_patience,
+                 keep=args.patch_keep)
         p.composite(solvent_mask=sim.mask)
         table = p.summary()
         table["moving_domain_fraction"] = [float((m * moving_np).sum() / m.sum()) for m in p.masks.values]
@@ -243,12 +247,12 @@ def main() -> None:
                   f"ratio focused/global per iteration {np.mean(f_it) / np.mean(g_it):.2f}")
     if "patches" in stages:
         for k in args.k:
-            name = f"patches_k{k}"
+            name = f"patches_k{k}" + ("_last" if args.patch_keep == "last" else "")
             p_s = stage(name, lambda k=k: run_patches(k), cache=True)  # saved with its patches (s.last_patches)
             out = report(f"patches K={k}", p_s, poses=False)
             if "patches" not in res or out["moving domain vs truth @0.5 (Å)"] < res["patches"]["moving domain vs truth @0.5 (Å)"]:
                 res["patches"] = out
-            if "focused" in timings:
+            if "focused" in timings and name in timings:
                 print(f"patches K={k}: {timings[name]:.0f} s = {timings[name] / timings['focused']:.2f} x one focused run")
             if (work / "focused.gmms").exists():
                 # The paper's merge of a domain result: the focused refinement added as one more

@@ -78,6 +78,7 @@ class Focus:
         align: AlignConfig | None = None,
         chunk_size: int = 1000,
         patience: int | None = None,
+        keep: str = "best",
         gmm_fit_steps: int = 60,
         device: Any = None,
         progress: bool = True,
@@ -85,13 +86,14 @@ class Focus:
         """Focused refinement (paper: 3 iterations). Runs all ``n_iter`` iterations (``patience``
         None; an int stops after that many iterations in a row without improvement) and keeps
         the best by the FSC within the focus mask: a focused run's first iteration often scores
-        below its start while the poses leave the consensus, and improves after. ``solvent_mask``
+        below its start while the poses leave the consensus, and improves after. ``keep="last"``
+        keeps the last iteration instead, as the paper does. ``solvent_mask``
         is used for the whole-map FSC that is reported alongside. Returns the step record
         (``refine_focus``); the mask becomes the session's :attr:`~gmmsession.Session.focus_mask`
         (saved with it; ``Patches.add`` uses it)."""
         step = self._session._refine(
             "refine_focus", n_iter, mask=solvent_mask, focus_mask=self.mask.values, align=align, chunk_size=chunk_size,
-            patience=patience, gmm_fit_steps=gmm_fit_steps, device=device, progress=progress,
+            patience=patience, keep=keep, gmm_fit_steps=gmm_fit_steps, device=device, progress=progress,
             extra_params={"focus_mask": self.source, "focus_mask_volume_fraction": float(self.mask.values.mean())},
         )
         self._session.focus_mask = self.mask

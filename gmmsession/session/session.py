@@ -479,9 +479,14 @@ class Session:
         progress: bool,
         extra_params: dict | None = None,
         label: str | None = None,
+        keep: str = "best",
     ) -> StepRecord:
         """The refinement loop behind :meth:`refine_global`, :meth:`Focus.refine` and
-        :meth:`Patches.refine` (``focus_mask`` a volume or None; ``label`` names the progress bar)."""
+        :meth:`Patches.refine` (``focus_mask`` a volume or None; ``label`` names the progress bar;
+        ``keep``: ``"best"`` accepts only iterations whose (focus-mask) FSC improved, ``"last"``
+        every iteration, so the session ends at the last one)."""
+        if keep not in ("best", "last"):
+            raise ValueError(f"keep must be 'best' or 'last', got {keep!r}")
         if self._half_maps is None:
             raise RuntimeError("no half maps yet: call session.reconstruct() first")
         check_half_sets(self.particles)
@@ -527,7 +532,7 @@ class Session:
                     for key, value in self.history.last().metrics.items():
                         if key in _ITERATION_SUMMARY:
                             curves.setdefault(f"iteration_{key}", []).append(float(value))
-                    if res.improved:
+                    if res.improved or keep == "last":
                         self._accept_iteration(res)
                         accepted = res.iteration
             except KeyboardInterrupt:
@@ -548,7 +553,7 @@ class Session:
         self._record(
             name,
             {"n_iter": n_iter, "mask": _mask_label(mask), **(extra_params or {}),
-             "chunk_size": chunk_size, "patience": patience, "gmm_fit_steps": gmm_fit_steps, "device": str(dev),
+             "chunk_size": chunk_size, "patience": patience, "keep": keep, "gmm_fit_steps": gmm_fit_steps, "device": str(dev),
              "align": dataclasses.asdict(config.align)},
             t,
             metrics,

@@ -1,4 +1,4 @@
-"""Patches and the focus mask are saved with the session; ``Patches.add`` merges an outside result."""
+"""Patches and the focus mask are saved with the session; ``Patches.add`` merges an outside result; which iteration a focused or patch refinement keeps."""
 
 import numpy as np
 import pandas as pd
@@ -167,3 +167,36 @@ def test_mask_centre_radius():
     assert radius == pytest.approx(3.0 * px, abs=0.1)
     with pytest.raises(ValueError, match="empty"):
         mask_centre_radius(np.zeros((4, 4, 4)), px)
+
+
+def test_keep_last_accepts_every_iteration_keep_best_only_improving_ones(tiny, monkeypatch):
+    """Every iteration is flagged "not improved": keep="best" leaves the start, keep="last" ends at the last one."""
+    import dataclasses
+
+    import gmmsession.session.session as session_module
+
+    d, base, sphere = tiny
+    real, last = session_module._refine_global, {}
+
+    def never_improved(*args, **kwargs):
+        for res in real(*args, **kwargs):
+            last["maps"] = res.half_maps.numpy().copy()
+            yield dataclasses.replace(res, improved=False)
+
+    monkeypatch.setattr(session_module, "_refine_global", never_improved)
+    s = gs.open_session(base)
+    start = s.half_maps.values.copy()
+    step = s.focus(sphere).refine(n_iter=2, **FAST)
+    assert step.metrics["accepted_iteration"] == 0 and step.params["keep"] == "best"
+    np.testing.assert_array_equal(s.half_maps.values, start)
+    step = s.focus(sphere).refine(n_iter=2, keep="last", **FAST)
+    assert step.metrics["accepted_iteration"] == 2 and step.params["keep"] == "last"
+    np.testing.assert_array_equal(s.half_maps.values, last["maps"])
+    assert not np.array_equal(last["maps"], start)
+    p = s.patches(k=2)
+    for keep, accepted in (("best", 0), ("last", 2)):
+        steps = p.refine(n_iter=2, keep=keep, **FAST)
+        assert [st.metrics["accepted_iteration"] for st in steps] == [accepted, accepted]
+    np.testing.assert_array_equal(p.results[1].half_maps.values, last["maps"])
+    with pytest.raises(ValueError, match="keep"):
+        s.focus(sphere).refine(n_iter=1, keep="first", **FAST)
