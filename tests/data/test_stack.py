@@ -80,7 +80,9 @@ def test_lying_header_warns_once_per_file_and_star_pixel_wins(tmp_path):
             reader.read([1, 2])
             list(reader.iter_chunks(chunk_size=1))
     header = [w for w in caught if issubclass(w.category, MrcHeaderWarning)]
-    assert len(header) == 1 and len(caught) == 1
+    # A library's deprecation notice is not about the file (NumPy 2.5 deprecates how mrcfile 1.5.4 reads headers).
+    others = [w for w in caught if not issubclass(w.category, (MrcHeaderWarning, DeprecationWarning))]
+    assert len(header) == 1 and not others
     assert "1" in str(header[0].message) and "1.5" in str(header[0].message)
     assert float(ps.optics["pixel_size_angstrom"][0]) == 1.5
 
