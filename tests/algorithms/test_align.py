@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -117,17 +118,14 @@ def test_cuda_graphs_give_the_eager_result(clean_case):
     gmm = tuple(t.cuda() for t in c["gmm"])
     length = 15.0  # Å, the shift's unit (module docstring of align)
     # batch 5 over 24 particles: one eager batch, the capture, replays, and an eager partial batch.
-    runs = [
-        refine_poses_chunk(images, params, *gmm, PIXEL, AlignConfig(max_resolution_angstrom=4.0, batch_size=5, cuda_graphs=graphs,
-                                                                    length_scale_angstrom=length))
-        for graphs in (False, True)
-    ]
+    config = AlignConfig(max_resolution_angstrom=4.0, batch_size=5, length_scale_angstrom=length)
+    runs = [refine_poses_chunk(images, params, *gmm, PIXEL, dataclasses.replace(config, cuda_graphs=graphs)) for graphs in (False, True)]
     # The same kernels on the same inputs: equal up to the nondeterministic order of atomic adds (scatter) in float32.
     # Most particles agree to float rounding (median 1-2e-5 deg in 11 runs on an H100). One whose gradient has fallen to
     # float noise can take a different late step, since Adam divides each step by the gradient's RMS: at most the size of
     # a late step, learning_rate * final_lr_fraction rad (0.11 deg; the largest measured: 5e-5 to 3e-4 deg, once 1.3e-3).
     angle = geodesic_angle_deg(runs[0].rotation.double().cpu(), runs[1].rotation.double().cpu())
-    late_step = AlignConfig().learning_rate * AlignConfig().final_lr_fraction
+    late_step = config.learning_rate * config.final_lr_fraction
     assert float(angle.median()) < 2e-4
     assert float(angle.max()) < math.degrees(late_step)
     shift = (runs[1].origin_angstrom - runs[0].origin_angstrom).norm(dim=-1).cpu()
